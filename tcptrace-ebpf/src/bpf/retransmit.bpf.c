@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
+/*
+ * Retransmissions: SYN-ACKs retransmitted by a listener for a pending request
+ * (tcp:tcp_retransmit_synack, net/ipv4/tcp_output.c: tcp_rtx_synack) and data
+ * segments retransmitted by an established socket (tcp:tcp_retransmit_skb,
+ * net/ipv4/tcp_output.c: __tcp_retransmit_skb).
+ */
+#include "common.bpf.h"
+
+/*
+ * The request socket is never traced by inet_sock_set_state (NEW_SYN_RECV), so
+ * everything about the pending handshake comes from it here. The tracepoint
+ * fires before num_retrans is incremented, so this retransmit is number
+ * num_retrans + 1. snt_synack is the first SYN-ACK's tcp_clock_us()
+ * (tcp_make_synack sets it once), the same clock as bpf_ktime_get_ns().
+ */
+static __always_inline void emit_synack(const struct sock *listener, __u64 sock_id,
+					__u8 id_flags, const struct request_sock *req)
+{
+	struct tcptrace_event *e = event_reserve(TCPTRACE_SYNACK_RETRANS);
+	__u64 first_us, now_us;
+
+	if (!e)
+		return;
+	e->sock_id = sock_id;
+	e->flags = id_flags;
+	e->oldstate = TCP_LISTEN;
+	event_fill_sock_common(e, &req->__req_common);
+	e->retrans = BPF_CORE_READ(req, num_retrans) + 1;
+	first_us = BPF_CORE_READ((const struct tcp_request_sock *)req, snt_synack);
+	now_us = e->ts_ns / 1000;
+	if (first_us && now_us >= first_us)
+		e->synack_age_us = now_us - first_us;
+	event_submit(e);
+}
+
+static __always_inline void emit_retrans(const struct sock *sk, __u64 sock_id, __u8 id_flags)
+{
+	struct tcptrace_event *e;
+
+	if (!family_is_inet(BPF_CORE_READ(sk, __sk_common.skc_family)))
+		return;
+	e = event_reserve(TCPTRACE_RETRANS);
+	if (!e)
+		return;
+	e->sock_id = sock_id;
+	e->flags = id_flags;
+	e->oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
+	event_fill_sock_common(e, &sk->__sk_common);
+	e->retrans = BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans);
+	event_submit(e);
+}
+
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(handle_tcp_retransmit_synack, const struct sock *sk, const struct request_sock *req)
+{
+	emit_synack(sk, bpf_get_socket_cookie((void *)sk), 0, req);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(handle_tcp_retransmit_skb, const struct sock *sk)
+{
+	emit_retrans(sk, bpf_get_socket_cookie((void *)sk), 0);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_retransmit_synack")
+int classic_tcp_retransmit_synack(struct trace_event_raw_tcp_retransmit_synack *ctx)
+{
+	const struct sock *sk = ctx->skaddr;
+	const struct request_sock *req = ctx->req;
+
+	emit_synack(sk, (__u64)sk, TCPTRACE_F_ADDR_ID, req);
+	return 0;
+}
+
+/*
+ * The event class of tcp_retransmit_skb was renamed (tcp_event_sk_skb until 6.x,
+ * tcp_retransmit_skb since), so CO-RE cannot match it by name. Its leading
+ * fields never moved: the 8-byte common header, then skbaddr and skaddr. A
+ * plain struct, deliberately without preserve_access_index, reads them.
+ */
+struct classic_retransmit_skb_ctx {
+	__u64 common;
+	const void *skbaddr;
+	const void *skaddr;
+};
+
+SEC("tracepoint/tcp/tcp_retransmit_skb")
+int classic_tcp_retransmit_skb(struct classic_retransmit_skb_ctx *ctx)
+{
+	const struct sock *sk = ctx->skaddr;
+
+	emit_retrans(sk, (__u64)sk, TCPTRACE_F_ADDR_ID);
+	return 0;
+}

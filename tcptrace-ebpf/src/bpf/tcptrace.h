@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR MIT */
+/*
+ * The kernel/user ABI of tcptrace: the one record the BPF programs write to the
+ * ring buffer. Shared by the BPF side and by build.rs, which derives the Rust
+ * mirror's expected layout from this file (see tcptrace-ebpf/src/lib.rs): change
+ * a field here and the Rust test `layout_matches_c_header` fails until the mirror
+ * follows.
+ *
+ * Fixed-width fields only, explicit padding, no unions: every event kind uses
+ * the same 112-byte record so that the reader never needs a second length.
+ */
+#ifndef TCPTRACE_H
+#define TCPTRACE_H
+
+/* What happened; one value per kernel hook. */
+enum tcptrace_kind {
+	TCPTRACE_STATE = 1,          /* sock:inet_sock_set_state */
+	TCPTRACE_SYNACK_RETRANS = 2, /* tcp:tcp_retransmit_synack */
+	TCPTRACE_RETRANS = 3,        /* tcp:tcp_retransmit_skb */
+	TCPTRACE_SEND_RESET = 4,     /* tcp:tcp_send_reset */
+	TCPTRACE_RECV_RESET = 5,     /* tcp:tcp_receive_reset */
+};
+
+/* Bits of tcptrace_event.flags. */
+enum tcptrace_flags {
+	/* pid, comm and cgroup_id were captured in process context. */
+	TCPTRACE_F_TASK = 1 << 0,
+	/* reason holds an enum sk_rst_reason value (kernel >= 6.10). */
+	TCPTRACE_F_REASON = 1 << 1,
+	/* tcp_send_reset fired with no socket: the tuple comes from the packet. */
+	TCPTRACE_F_NO_SOCKET = 1 << 2,
+	/* sock_id is the socket's kernel address (classic tracepoints), which the
+	 * kernel reuses at once: userspace treats each new life as a new socket. */
+	TCPTRACE_F_ADDR_ID = 1 << 3,
+};
+
+struct tcptrace_event {
+	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 sock_id;        /* socket cookie, or kernel address (TCPTRACE_F_ADDR_ID) */
+	__u64 cgroup_id;      /* TCPTRACE_F_TASK only */
+	__u64 synack_age_us;  /* SYNACK_RETRANS: microseconds since the first SYN-ACK */
+	__u8 saddr[16];       /* local address; IPv4 in the first 4 bytes */
+	__u8 daddr[16];       /* remote address; IPv4 in the first 4 bytes */
+	__u32 netns;          /* network namespace inode (net->ns.inum) */
+	__u32 pid;            /* TCPTRACE_F_TASK only: thread-group id */
+	__u32 reason;         /* SEND_RESET with TCPTRACE_F_REASON: enum sk_rst_reason */
+	__u32 retrans;        /* SYNACK_RETRANS: this SYN-ACK's retransmit number (1..);
+			       * RETRANS and STATE->ESTABLISHED: tcp_sock.total_retrans */
+	__u32 srtt_us;        /* STATE->ESTABLISHED: first smoothed RTT, microseconds */
+	__u16 sport;          /* local port, host order */
+	__u16 dport;          /* remote port, host order */
+	__u16 family;         /* AF_INET or AF_INET6 */
+	__u8 kind;            /* enum tcptrace_kind */
+	__u8 oldstate;        /* STATE: old state; RESET kinds: state at the hook */
+	__u8 newstate;        /* STATE: new state */
+	__u8 flags;           /* enum tcptrace_flags */
+	__u8 _pad[2];
+	char comm[16];        /* TCPTRACE_F_TASK only */
+};
+
+#define TCPTRACE_EVENT_SIZE 112
+
+#ifndef __cplusplus
+_Static_assert(sizeof(struct tcptrace_event) == TCPTRACE_EVENT_SIZE,
+	       "tcptrace_event size is part of the ABI");
+#endif
+
+#endif /* TCPTRACE_H */
