@@ -89,9 +89,12 @@ fn tool(var: &str, names: &[&str]) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) {
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("tcptrace-ebpf: cannot run {:?}: {e}", cmd.get_program()));
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!(
+            "tcptrace-ebpf: cannot run {}: {e}",
+            cmd.get_program().display()
+        )
+    });
     assert!(
         status.success(),
         "tcptrace-ebpf: {cmd:?} failed with {status}"

@@ -6,6 +6,7 @@
 //! the header (`layout_matches_c_header`), and the ABI constants are generated
 //! from the header, so the two sides cannot drift apart unnoticed.
 
+#[allow(dead_code, reason = "C_EVENT_FIELDS is read by the layout test only")]
 mod abi {
     include!(concat!(env!("OUT_DIR"), "/abi_layout.rs"));
 }
@@ -60,7 +61,7 @@ pub struct RawEvent {
     pub oldstate: u8,
     pub newstate: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    pub pad: [u8; 2],
     pub comm: [u8; 16],
 }
 
@@ -118,7 +119,7 @@ mod tests {
             ("oldstate", offset_of!(RawEvent, oldstate), 1),
             ("newstate", offset_of!(RawEvent, newstate), 1),
             ("flags", offset_of!(RawEvent, flags), 1),
-            ("_pad", offset_of!(RawEvent, _pad), 2),
+            ("pad", offset_of!(RawEvent, pad), 2),
             ("comm", offset_of!(RawEvent, comm), 16),
         ];
         assert_eq!(rust, abi::C_EVENT_FIELDS);

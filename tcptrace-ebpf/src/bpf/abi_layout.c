@@ -38,7 +38,7 @@ int main(void)
 	FIELD(oldstate);
 	FIELD(newstate);
 	FIELD(flags);
-	FIELD(_pad);
+	FIELD(pad);
 	FIELD(comm);
 	printf("];\n");
 	printf("/// `sizeof(struct tcptrace_event)`.\n");

@@ -32,6 +32,8 @@ static __always_inline void emit_send_reset(const struct sock *sk, const struct 
 		e->sock_id = sock_id;
 		e->oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
 		event_fill_sock_common(e, &sk->__sk_common);
+		if (e->oldstate == TCP_CLOSE)
+			fill_sport_from_inet(e, sk);
 	} else {
 		e->flags |= TCPTRACE_F_NO_SOCKET;
 		if (skb)

@@ -1,0 +1,190 @@
+//! Command-line interface: flags are parsed here, then validated into the typed
+//! settings the commands take.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::loader::{HookMode, TracerConfig};
+use crate::tcp::TcpState;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcptrace",
+    version,
+    about = "Trace the kernel's TCP state machine: dwell times, SYN-ACK retransmits and resets, per port"
+)]
+pub struct Cli {
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: log::LevelFilter,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream every TCP event: state changes with time in the old state,
+    /// SYN-ACK retransmits, retransmits and resets with their cause.
+    Events(EventsArgs),
+}
+
+/// Settings of the kernel side, shared by every tracing command.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Ring buffer size (power of two, e.g. 4M, 16MiB, 65536).
+    #[arg(long, default_value = "4M", value_parser = parse_ring_size, value_name = "BYTES")]
+    pub ring_size: u32,
+    /// Tracepoint flavour: BTF-typed with fallback (auto), BTF only, or classic.
+    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
+    pub hooks: HookMode,
+    /// How often the ring buffer is drained when no wake-up arrives.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub poll_interval: Duration,
+    /// BTF file to read reset-reason names from.
+    #[arg(
+        long,
+        default_value = "/sys/kernel/btf/vmlinux",
+        value_name = "PATH",
+        hide = true
+    )]
+    pub btf: PathBuf,
+}
+
+impl TraceArgs {
+    pub fn tracer_config(&self) -> TracerConfig {
+        TracerConfig {
+            ring_bytes: self.ring_size,
+            // Wake the reader early once a quarter of the ring waits unread.
+            wakeup_bytes: u64::from(self.ring_size / 4),
+            hooks: self.hooks,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only events with this port on either side (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only events whose old or new state is this one (repeatable), e.g. CLOSE_WAIT.
+    #[arg(long = "state", short = 's', value_name = "STATE")]
+    pub states: Vec<TcpState>,
+    /// Only IPv4.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Only this network namespace (inode, as in `ls -l /proc/PID/ns/net`).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// Parses `4M`, `4MiB`, `16m`, `65536`: a power of two of at least one page.
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 4M or 65536"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("'{s}': unknown size unit '{unit}' (use K, M or G)")),
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .filter(|b| *b <= 1 << 30)
+        .ok_or(format!("'{s}' is larger than 1G"))?;
+    if bytes < 4096 || !bytes.is_power_of_two() {
+        return Err(format!(
+            "'{s}' must be a power of two of at least 4K (the kernel's rule for ring buffers)"
+        ));
+    }
+    Ok(bytes as u32)
+}
+
+/// Parses `10ms`, `1.5s`, `5m`, `2h`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"));
+    }
+    let d: jiff::SignedDuration = t
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 500ms, 30s, 5m or 1h"))?;
+    Duration::try_from(d).map_err(|_| format!("'{s}' must not be negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_ring_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_ring_size("65536"), Ok(65536));
+        assert_eq!(parse_ring_size("64k"), Ok(65536));
+        assert!(parse_ring_size("3M").unwrap_err().contains("power of two"));
+        assert!(parse_ring_size("1024").unwrap_err().contains("at least 4K"));
+        assert!(
+            parse_ring_size("4X")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
+        assert!(
+            parse_ring_size("4G")
+                .unwrap_err()
+                .contains("larger than 1G")
+        );
+        assert!(parse_ring_size("").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_mins(5)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_parses_events_filters() {
+        let cli = Cli::try_parse_from([
+            "tcptrace",
+            "events",
+            "--json",
+            "--port",
+            "80",
+            "-p",
+            "443",
+            "--state",
+            "close_wait",
+            "-6",
+        ])
+        .unwrap();
+        let Command::Events(a) = cli.command;
+        assert!(a.json && a.ipv6 && !a.ipv4);
+        assert_eq!(a.ports, [80, 443]);
+        assert_eq!(a.states, [TcpState::CloseWait]);
+        assert!(Cli::try_parse_from(["tcptrace", "events", "-4", "-6"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "events", "--state", "bogus"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "events", "--port", "70000"]).is_err());
+    }
+}

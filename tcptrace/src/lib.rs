@@ -1,0 +1,20 @@
+//! tcptrace: a tracer of the kernel's TCP state machine.
+//!
+//! The kernel side (crate `tcptrace_ebpf`) writes one record per TCP state
+//! change, SYN-ACK retransmit, retransmit and reset to a ring buffer. Here the
+//! data flows one way: [`loader`] and [`reader`] touch the kernel, [`event`]
+//! decodes records into typed events once, [`track`] follows live sockets
+//! (time in state, owner, origin), and the commands render what they learn.
+
+pub mod cli;
+pub mod clock;
+pub mod event;
+pub mod events;
+pub mod filter;
+pub mod format;
+pub mod loader;
+pub mod reader;
+pub mod reasons;
+pub mod signals;
+pub mod tcp;
+pub mod track;

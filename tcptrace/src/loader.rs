@@ -1,0 +1,275 @@
+//! Loads tcptrace's BPF object into the kernel and attaches its programs.
+//!
+//! Only this module and [`crate::reader`] touch the kernel. Each hook is
+//! attached as a BTF-typed tracepoint (`tp_btf`: socket cookies, cheapest) or,
+//! on kernels without it or when asked, as a classic tracepoint. A hook the
+//! kernel lacks costs the feature it feeds, with a warning, not the run.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use tcptrace_ebpf::names;
+
+/// Which kind of tracepoint programs to attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookMode {
+    /// BTF tracepoints, falling back to classic ones hook by hook.
+    #[default]
+    Auto,
+    /// BTF-typed tracepoints (`tp_btf`) only.
+    Btf,
+    /// Classic tracepoints only (sockets keyed by address).
+    Classic,
+}
+
+/// One kernel hook and what is lost without it.
+struct Hook {
+    category: &'static str,
+    name: &'static str,
+    btf_program: &'static str,
+    classic_program: &'static str,
+    feature: &'static str,
+}
+
+const HOOKS: [Hook; 5] = [
+    Hook {
+        category: "sock",
+        name: "inet_sock_set_state",
+        btf_program: "handle_inet_sock_set_state",
+        classic_program: "classic_inet_sock_set_state",
+        feature: "state transitions and dwell times",
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_retransmit_synack",
+        btf_program: "handle_tcp_retransmit_synack",
+        classic_program: "classic_tcp_retransmit_synack",
+        feature: "SYN-ACK retransmits",
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        btf_program: "handle_tcp_retransmit_skb",
+        classic_program: "classic_tcp_retransmit_skb",
+        feature: "segment retransmits",
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_send_reset",
+        btf_program: "handle_tcp_send_reset",
+        classic_program: "classic_tcp_send_reset",
+        feature: "resets sent",
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_receive_reset",
+        btf_program: "handle_tcp_receive_reset",
+        classic_program: "classic_tcp_receive_reset",
+        feature: "resets received",
+    },
+];
+
+/// Settings fixed at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct TracerConfig {
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_bytes: u32,
+    /// Unread bytes that make a submit wake the reader before its timer does.
+    pub wakeup_bytes: u64,
+    pub hooks: HookMode,
+}
+
+impl Default for TracerConfig {
+    fn default() -> Self {
+        // 4 MiB held a 10 ms poll interval of loopback churn with no loss where
+        // 1 MiB lost events (DESIGN.md, "Performance budget").
+        Self {
+            ring_bytes: 4 << 20,
+            wakeup_bytes: 1 << 20,
+            hooks: HookMode::Auto,
+        }
+    }
+}
+
+/// How a hook ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    Btf,
+    Classic,
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Attachment::Btf => "tp_btf",
+            Attachment::Classic => "tracepoint",
+        })
+    }
+}
+
+/// The loaded programs. Dropping it detaches everything.
+pub struct Tracer {
+    /// Owns the programs and their links; kept alive for the tracer's lifetime.
+    _ebpf: Ebpf,
+    rings: Vec<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    /// (tracepoint, how it was attached) for every hook that is live.
+    pub attached: Vec<(&'static str, Attachment)>,
+    /// One line per feature lost to a missing hook.
+    pub warnings: Vec<String>,
+}
+
+impl Tracer {
+    /// Checks privileges and BTF, loads the object and attaches every hook.
+    pub fn load(config: TracerConfig) -> Result<Self> {
+        check_privileges()?;
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            bail!(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): tcptrace needs \
+                 Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y"
+            );
+        }
+        raise_memlock();
+        let btf = Btf::from_sys_fs().context("read the kernel's BTF")?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .map_max_entries(names::EVENTS_MAP, config.ring_bytes)
+            .override_global(names::WAKEUP_BYTES, &config.wakeup_bytes, true)
+            .load(tcptrace_ebpf::OBJECT)
+            .context("load the BPF object")?;
+
+        let mut attached = Vec::new();
+        let mut warnings = Vec::new();
+        for hook in &HOOKS {
+            match attach(&mut ebpf, &btf, hook, config.hooks) {
+                Ok(how) => attached.push((hook.name, how)),
+                Err(e) if hook.name == "inet_sock_set_state" => {
+                    return Err(
+                        e.context("attach sock:inet_sock_set_state, which every view needs")
+                    );
+                }
+                Err(e) => warnings.push(format!(
+                    "no {} on this kernel ({}:{}: {e:#})",
+                    hook.feature, hook.category, hook.name
+                )),
+            }
+        }
+
+        let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS_MAP).context("events map")?)
+            .context("open the ring buffer")?;
+        let lost = PerCpuArray::try_from(ebpf.take_map(names::LOST_MAP).context("lost map")?)
+            .context("open the lost-event counter")?;
+        Ok(Self {
+            _ebpf: ebpf,
+            rings: vec![ring],
+            lost,
+            attached,
+            warnings,
+        })
+    }
+
+    /// Hands the ring buffers to a reader (once).
+    pub fn take_rings(&mut self) -> Vec<RingBuf<MapData>> {
+        std::mem::take(&mut self.rings)
+    }
+
+    /// Records the kernel could not reserve, summed over CPUs.
+    pub fn lost_events(&self) -> Result<u64> {
+        let per_cpu = self
+            .lost
+            .get(&0, 0)
+            .context("read the lost-event counter")?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook, mode: HookMode) -> Result<Attachment> {
+    let btf_attempt = if mode == HookMode::Classic {
+        None
+    } else {
+        Some(attach_btf(ebpf, btf, hook))
+    };
+    match btf_attempt {
+        Some(Ok(())) => Ok(Attachment::Btf),
+        Some(Err(e)) if mode == HookMode::Btf => Err(e),
+        Some(Err(e)) => {
+            log::warn!(
+                "tp_btf/{} unavailable ({e:#}); using the classic tracepoint",
+                hook.name
+            );
+            attach_classic(ebpf, hook).map(|()| Attachment::Classic)
+        }
+        None => attach_classic(ebpf, hook).map(|()| Attachment::Classic),
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<()> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(hook.btf_program)
+        .ok_or_else(|| anyhow!("program {} missing from the object", hook.btf_program))?
+        .try_into()?;
+    prog.load(hook.name, btf)
+        .with_context(|| format!("load tp_btf/{}", hook.name))?;
+    prog.attach()
+        .with_context(|| format!("attach tp_btf/{}", hook.name))?;
+    Ok(())
+}
+
+fn attach_classic(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(hook.classic_program)
+        .ok_or_else(|| anyhow!("program {} missing from the object", hook.classic_program))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("load tracepoint/{}/{}", hook.category, hook.name))?;
+    prog.attach(hook.category, hook.name)
+        .with_context(|| format!("attach tracepoint/{}/{}", hook.category, hook.name))?;
+    Ok(())
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Loading and attaching need CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN on
+/// kernels before 5.8, where those did not exist).
+fn check_privileges() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    Err(NeedPrivileges.into())
+}
+
+/// The caller lacks the capabilities to load BPF programs.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "tcptrace needs root (or CAP_BPF and CAP_PERFMON) to load its BPF programs: run it with sudo"
+)]
+pub struct NeedPrivileges;
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the
+/// memory cgroup, where this is harmless.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! Live socket tracking: what state each socket is in, since when, who owns it,
+//! and how it was opened. Time in state is computed here, from consecutive
+//! transitions of the same socket, so the kernel needs no per-socket map.
+//!
+//! Sockets are keyed by their cookie (tp_btf) or kernel address (classic
+//! tracepoints). Addresses are reused at once (TCP slabs are RCU-typesafe), so
+//! CLOSE->SYN_SENT, CLOSE->LISTEN and LISTEN->SYN_RECV always begin a new life,
+//! and CLOSE ends one.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::event::{Detail, Event, Task};
+use crate::tcp::TcpState;
+
+/// How a socket came to be, which decides the port it is attributed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// connect(): belongs to its remote port, direction "out".
+    Active,
+    /// accepted from a listener: belongs to its local port, direction "in".
+    Passive,
+    /// first seen mid-life (it predates tracing, or its opening was lost).
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sock {
+    pub state: TcpState,
+    /// When it entered `state`; `None` if that predates what we saw.
+    pub since_ns: Option<u64>,
+    pub owner: Option<Arc<Task>>,
+    pub origin: Origin,
+}
+
+/// What tracking adds to an event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Note {
+    /// State events: time spent in the old state; `None` = unknown.
+    pub dwell_ns: Option<u64>,
+    /// The transition began a new socket life (CLOSE->SYN_SENT, CLOSE->LISTEN,
+    /// LISTEN->SYN_RECV): there is no time in the old state to speak of.
+    pub new_life: bool,
+    /// The owning process, captured when the socket (or its listener) was
+    /// created in process context.
+    pub owner: Option<Arc<Task>>,
+    /// Resets sent: the state the socket was in before the reset.
+    pub state_before: Option<TcpState>,
+    /// How the socket was opened (Unknown for events without a socket).
+    pub origin: Option<Origin>,
+}
+
+/// How long after a socket's CLOSE a reset may still be matched to it: active
+/// resets are traced just after the CLOSE transition (net/ipv4/tcp.c: __tcp_close).
+const CLOSE_MATCH_NS: u64 = 1_000_000_000;
+/// Recently closed sockets remembered for that match.
+const RECENTLY_CLOSED: usize = 16_384;
+
+/// A socket that just reached CLOSE.
+struct Closed {
+    before: TcpState,
+    at_ns: u64,
+    owner: Option<Arc<Task>>,
+    origin: Origin,
+}
+
+pub struct Tracker {
+    socks: HashMap<u64, Sock>,
+    /// (netns, local port) -> owner of the listener, inherited by accepted sockets.
+    listeners: HashMap<(u32, u16), Option<Arc<Task>>>,
+    closed: HashMap<u64, Closed>,
+    closed_order: VecDeque<u64>,
+    max_socks: usize,
+    /// New sockets not tracked because `max_socks` was reached.
+    pub untracked: u64,
+}
+
+impl Tracker {
+    pub fn new(max_socks: usize) -> Self {
+        Self {
+            socks: HashMap::new(),
+            listeners: HashMap::new(),
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
+            max_socks,
+            untracked: 0,
+        }
+    }
+
+    pub fn sockets(&self) -> impl Iterator<Item = (&u64, &Sock)> {
+        self.socks.iter()
+    }
+
+    pub fn get(&self, sock_id: u64) -> Option<&Sock> {
+        self.socks.get(&sock_id)
+    }
+
+    pub fn live(&self) -> usize {
+        self.socks.len()
+    }
+
+    pub fn is_listener(&self, netns: u32, port: u16) -> bool {
+        self.listeners.contains_key(&(netns, port))
+    }
+
+    /// Updates the tracked state with `ev` and returns what tracking knows of it.
+    pub fn observe(&mut self, ev: &Event) -> Note {
+        match ev.detail {
+            Detail::State { old, new, .. } => self.transition(ev, old, new),
+            Detail::SendReset {
+                state: Some(TcpState::Close),
+                ..
+            } => {
+                match self
+                    .closed
+                    .get(&ev.sock_id)
+                    .filter(|c| ev.ts_ns.saturating_sub(c.at_ns) <= CLOSE_MATCH_NS)
+                {
+                    Some(c) => Note {
+                        owner: c.owner.clone(),
+                        origin: Some(c.origin),
+                        state_before: Some(c.before),
+                        ..Note::default()
+                    },
+                    None => Note::default(),
+                }
+            }
+            Detail::SendReset { state, .. } => {
+                let live = self.socks.get(&ev.sock_id).filter(|_| state.is_some());
+                Note {
+                    owner: live.and_then(|s| s.owner.clone()),
+                    origin: live.map(|s| s.origin),
+                    state_before: state,
+                    ..Note::default()
+                }
+            }
+            Detail::SynackRetrans { .. } | Detail::Retrans { .. } | Detail::RecvReset { .. } => {
+                let live = self.socks.get(&ev.sock_id);
+                Note {
+                    owner: live.and_then(|s| s.owner.clone()),
+                    origin: live.map(|s| s.origin),
+                    ..Note::default()
+                }
+            }
+        }
+    }
+
+    fn transition(&mut self, ev: &Event, old: TcpState, new: TcpState) -> Note {
+        use TcpState::{Close, Listen, SynRecv, SynSent};
+        let new_life = matches!((old, new), (Close, SynSent | Listen) | (Listen, SynRecv));
+        let prev = self.socks.remove(&ev.sock_id).filter(|_| !new_life);
+        let dwell_ns = prev
+            .as_ref()
+            .filter(|p| p.state == old)
+            .and_then(|p| p.since_ns)
+            .map(|since| ev.ts_ns.saturating_sub(since));
+        let owner = match (&ev.task, old, new) {
+            (Some(task), _, _) => Some(Arc::new(task.clone())),
+            (None, Listen, SynRecv) => self
+                .listeners
+                .get(&(ev.netns, ev.local.port()))
+                .cloned()
+                .flatten(),
+            _ => prev.as_ref().and_then(|p| p.owner.clone()),
+        };
+        let origin = match (old, new) {
+            (Close, SynSent) => Origin::Active,
+            (Listen, SynRecv) => Origin::Passive,
+            (Close, Listen) => Origin::Unknown,
+            _ => prev.as_ref().map_or(Origin::Unknown, |p| p.origin),
+        };
+        if new == Listen {
+            self.listeners
+                .insert((ev.netns, ev.local.port()), owner.clone());
+        } else if old == Listen && new == Close {
+            self.listeners.remove(&(ev.netns, ev.local.port()));
+        }
+        if new == Close {
+            let closed = Closed {
+                before: old,
+                at_ns: ev.ts_ns,
+                owner: owner.clone(),
+                origin,
+            };
+            self.remember_closed(ev.sock_id, closed);
+        } else if self.socks.len() < self.max_socks {
+            let sock = Sock {
+                state: new,
+                since_ns: Some(ev.ts_ns),
+                owner: owner.clone(),
+                origin,
+            };
+            self.socks.insert(ev.sock_id, sock);
+        } else {
+            self.untracked += 1;
+        }
+        Note {
+            dwell_ns,
+            new_life,
+            owner,
+            state_before: None,
+            origin: Some(origin),
+        }
+    }
+
+    fn remember_closed(&mut self, sock_id: u64, closed: Closed) {
+        if self.closed_order.len() == RECENTLY_CLOSED
+            && let Some(oldest) = self.closed_order.pop_front()
+        {
+            self.closed.remove(&oldest);
+        }
+        if self.closed.insert(sock_id, closed).is_none() {
+            self.closed_order.push_back(sock_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::Family;
+    use TcpState::*;
+
+    fn state(ts_ns: u64, id: u64, old: TcpState, new: TcpState) -> Event {
+        Event {
+            ts_ns,
+            sock_id: id,
+            id_is_addr: false,
+            netns: 1,
+            family: Family::Ipv4,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:50000".parse().unwrap(),
+            task: None,
+            detail: Detail::State {
+                old,
+                new,
+                srtt_us: None,
+                total_retrans: None,
+            },
+        }
+    }
+
+    #[test]
+    fn dwell_is_the_time_between_transitions_and_unknown_for_sockets_seen_mid_life() {
+        let mut t = Tracker::new(100);
+        assert_eq!(
+            t.observe(&state(1_000, 7, Established, CloseWait)).dwell_ns,
+            None
+        );
+        assert_eq!(
+            t.observe(&state(301_000, 7, CloseWait, LastAck)).dwell_ns,
+            Some(300_000)
+        );
+        assert_eq!(
+            t.observe(&state(302_000, 7, LastAck, Close)).dwell_ns,
+            Some(1_000)
+        );
+        assert_eq!(t.live(), 0);
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_owner_and_are_passive() {
+        let mut t = Tracker::new(100);
+        let mut listen = state(0, 1, Close, Listen);
+        listen.task = Some(Task {
+            pid: 99,
+            comm: "server".into(),
+            cgroup_id: 5,
+        });
+        t.observe(&listen);
+        assert!(t.is_listener(1, 8080));
+        let note = t.observe(&state(10, 2, Listen, SynRecv));
+        assert_eq!(note.owner.as_deref().map(|o| o.pid), Some(99));
+        assert_eq!(note.origin, Some(Origin::Passive));
+        let note = t.observe(&state(30, 2, SynRecv, Established));
+        assert_eq!(
+            (note.dwell_ns, note.origin),
+            (Some(20), Some(Origin::Passive))
+        );
+        assert_eq!(
+            note.owner.as_deref().map(|o| o.comm.as_str()),
+            Some("server")
+        );
+    }
+
+    #[test]
+    fn a_reused_address_starts_a_new_life() {
+        let mut t = Tracker::new(100);
+        t.observe(&state(0, 5, Close, SynSent));
+        t.observe(&state(10, 5, SynSent, Established));
+        // the same id reappears as a new connect without a CLOSE in between
+        let note = t.observe(&state(50, 5, Close, SynSent));
+        assert_eq!(note.dwell_ns, None);
+        assert_eq!(t.get(5).unwrap().state, SynSent);
+        assert_eq!(t.get(5).unwrap().since_ns, Some(50));
+    }
+
+    #[test]
+    fn active_reset_takes_the_state_before_close() {
+        let mut t = Tracker::new(100);
+        let mut connect = state(0, 3, Close, SynSent);
+        connect.task = Some(Task {
+            pid: 7,
+            comm: "client".into(),
+            cgroup_id: 1,
+        });
+        assert!(t.observe(&connect).new_life);
+        assert!(!t.observe(&state(5, 3, SynSent, Established)).new_life);
+        t.observe(&state(900, 3, Established, Close));
+        let mut rst = state(950, 3, Close, Close);
+        rst.detail = Detail::SendReset {
+            state: Some(Close),
+            reason: Some(11),
+        };
+        let note = t.observe(&rst);
+        assert_eq!(note.state_before, Some(Established));
+        assert_eq!(note.owner.as_deref().map(|o| o.pid), Some(7));
+        assert_eq!(note.origin, Some(Origin::Active));
+        // too late to be this close's reset
+        rst.ts_ns = 900 + CLOSE_MATCH_NS + 1;
+        assert_eq!(t.observe(&rst).state_before, None);
+        // a reset from a live socket reports its current state
+        rst.detail = Detail::SendReset {
+            state: Some(Listen),
+            reason: Some(6),
+        };
+        assert_eq!(t.observe(&rst).state_before, Some(Listen));
+        rst.detail = Detail::SendReset {
+            state: None,
+            reason: Some(1),
+        };
+        assert_eq!(t.observe(&rst).state_before, None);
+    }
+
+    #[test]
+    fn tracking_is_bounded() {
+        let mut t = Tracker::new(2);
+        for id in 0..5 {
+            t.observe(&state(id, id, Close, SynSent));
+        }
+        assert_eq!((t.live(), t.untracked), (2, 3));
+    }
+}
