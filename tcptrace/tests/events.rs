@@ -1,0 +1,437 @@
+//! Kernel tests of `tcptrace events`: the real programs, real sockets in a
+//! private network namespace, exact sequences and values. Run as root by
+//! `cargo xtask test`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread::sleep;
+use std::time::Duration;
+
+use common::{Netns, Trace, by_sock, connect_accept, listen, transitions};
+use serde_json::Value;
+
+const CLIENT_CLOSES_FIRST: [&str; 5] = [
+    "CLOSE->SYN_SENT",
+    "SYN_SENT->ESTABLISHED",
+    "ESTABLISHED->FIN_WAIT1",
+    "FIN_WAIT1->FIN_WAIT2",
+    "FIN_WAIT2->CLOSE",
+];
+const SERVER_CLOSES_SECOND: [&str; 5] = [
+    "LISTEN->SYN_RECV",
+    "SYN_RECV->ESTABLISHED",
+    "ESTABLISHED->CLOSE_WAIT",
+    "CLOSE_WAIT->LAST_ACK",
+    "LAST_ACK->CLOSE",
+];
+
+struct OpenClose {
+    client: SocketAddr,
+    listener: SocketAddr,
+}
+
+/// Client connects, server accepts, client closes first; the server waits
+/// `hold` in CLOSE_WAIT before closing.
+fn open_close(ns: &Netns, bind: &'static str, hold: Duration) -> OpenClose {
+    ns.run(move || {
+        let l = listen(bind);
+        let (c, mut s) = connect_accept(&l);
+        let client = c.local_addr().unwrap();
+        drop(c);
+        assert_eq!(
+            s.read(&mut [0u8; 16]).unwrap(),
+            0,
+            "server sees the client's FIN"
+        );
+        sleep(hold);
+        drop(s);
+        let listener = l.local_addr().unwrap();
+        drop(l);
+        OpenClose { client, listener }
+    })
+}
+
+/// The one event matching `pred`.
+fn the<'a>(events: &'a [Value], what: &str, pred: impl Fn(&Value) -> bool) -> &'a Value {
+    let found: Vec<&Value> = events.iter().filter(|e| pred(e)).collect();
+    assert_eq!(found.len(), 1, "expected one {what} in {events:#?}");
+    found[0]
+}
+
+fn state_is(e: &Value, old: &str, new: &str) -> bool {
+    e["kind"] == "state" && e["old"] == old && e["new"] == new
+}
+
+/// Checks the client, accepted and listening sockets of an [`open_close`].
+fn assert_open_close(events: &[Value], oc: &OpenClose) -> (Value, Value) {
+    let (client, listener) = (oc.client.to_string(), oc.listener.to_string());
+    let established = the(events, "client ESTABLISHED", |e| {
+        state_is(e, "SYN_SENT", "ESTABLISHED") && e["local"] == client.as_str()
+    });
+    let client_events = by_sock(events, &established["sock"]);
+    assert_eq!(transitions(&client_events), CLIENT_CLOSES_FIRST);
+    assert!(
+        client_events
+            .iter()
+            .all(|e| e["remote"] == listener.as_str())
+    );
+    assert!(client_events.iter().all(|e| e["origin"] == "active"));
+    assert_eq!(client_events[0]["pid"], std::process::id());
+
+    let accepted = the(events, "server child", |e| {
+        state_is(e, "LISTEN", "SYN_RECV") && e["remote"] == client.as_str()
+    });
+    let child_events = by_sock(events, &accepted["sock"]);
+    assert_eq!(transitions(&child_events), SERVER_CLOSES_SECOND);
+    assert!(child_events.iter().all(|e| e["local"] == listener.as_str()));
+    assert!(child_events.iter().all(|e| e["origin"] == "passive"));
+    // Accepted sockets carry the listener's owner.
+    assert!(child_events.iter().all(|e| e["pid"] == std::process::id()));
+
+    let listen_ev = the(events, "listener", |e| {
+        state_is(e, "CLOSE", "LISTEN") && e["local"] == listener.as_str()
+    });
+    assert_eq!(
+        transitions(&by_sock(events, &listen_ev["sock"])),
+        ["CLOSE->LISTEN", "LISTEN->CLOSE"]
+    );
+    assert_eq!(
+        events.len(),
+        12,
+        "nothing but the three sockets' transitions: {events:#?}"
+    );
+    // Time in the old state is known for every transition after the first.
+    for e in client_events
+        .iter()
+        .skip(1)
+        .chain(child_events.iter().skip(1))
+    {
+        assert!(e["dwell_us"].is_u64(), "dwell known: {e}");
+    }
+    ((*child_events[3]).clone(), (*client_events[1]).clone())
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn client_closes_first_gives_both_full_sequences() {
+    let ns = Netns::new("v4");
+    let trace = Trace::events(&ns, &[]);
+    let oc = open_close(&ns, "127.0.0.1:0", Duration::ZERO);
+    let events = trace.stop_json();
+    let (_, established) = assert_open_close(&events, &oc);
+    assert_eq!(established["family"], "ipv4");
+    assert!(established["srtt_us"].is_u64());
+    assert_eq!(established["netns"], ns.inode);
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn close_wait_dwell_matches_the_time_the_server_held_it() {
+    let ns = Netns::new("closewait");
+    let trace = Trace::events(&ns, &[]);
+    let oc = open_close(&ns, "127.0.0.1:0", Duration::from_millis(300));
+    let events = trace.stop_json();
+    let (close_wait_exit, _) = assert_open_close(&events, &oc);
+    assert!(state_is(&close_wait_exit, "CLOSE_WAIT", "LAST_ACK"));
+    let dwell = close_wait_exit["dwell_us"].as_u64().unwrap();
+    assert!(
+        (300_000..450_000).contains(&dwell),
+        "CLOSE_WAIT dwell {dwell} us"
+    );
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn ipv6_open_close_gives_the_same_sequences() {
+    let ns = Netns::new("v6");
+    let trace = Trace::events(&ns, &[]);
+    let oc = open_close(&ns, "[::1]:0", Duration::ZERO);
+    let events = trace.stop_json();
+    let (_, established) = assert_open_close(&events, &oc);
+    assert_eq!(established["family"], "ipv6");
+    assert_eq!(established["local"], oc.client.to_string());
+}
+
+/// Connects to a port nobody listens on; returns the error.
+fn refused(ns: &Netns, port: u16) -> std::io::ErrorKind {
+    ns.run(move || TcpStream::connect(("127.0.0.1", port)).unwrap_err().kind())
+}
+
+fn assert_refused(events: &[Value], port: u16) {
+    let server = format!("127.0.0.1:{port}");
+    let sent = the(events, "reset sent", |e| e["kind"] == "send_reset");
+    assert_eq!(sent["reason"], "NO_SOCKET");
+    assert_eq!(sent["local"], server.as_str());
+    assert!(sent["state"].is_null() && sent["state_before"].is_null());
+    let client = sent["remote"].as_str().unwrap();
+
+    let got = the(events, "reset received", |e| e["kind"] == "recv_reset");
+    assert_eq!(
+        (got["state"].as_str(), got["local"].as_str()),
+        (Some("SYN_SENT"), Some(client))
+    );
+    assert_eq!(got["remote"], server.as_str());
+    let client_events = by_sock(events, &got["sock"]);
+    assert_eq!(
+        transitions(&client_events),
+        ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"]
+    );
+    let kinds: Vec<&str> = client_events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["state", "recv_reset", "state"],
+        "the reset precedes the CLOSE"
+    );
+    assert_eq!(events.len(), 4, "{events:#?}");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn connect_to_a_closed_port_is_a_no_socket_reset_received_in_syn_sent() {
+    let ns = Netns::new("refused");
+    let trace = Trace::events(&ns, &[]);
+    assert_eq!(refused(&ns, 9), std::io::ErrorKind::ConnectionRefused);
+    assert_refused(&trace.stop_json(), 9);
+}
+
+/// The one reset sent in `events`, with its reason and state before.
+fn reset_sent(events: &[Value]) -> (String, String, String) {
+    let sent = the(events, "reset sent", |e| e["kind"] == "send_reset");
+    (
+        sent["reason"].as_str().unwrap().to_string(),
+        sent["state_before"].as_str().unwrap_or("null").to_string(),
+        sent["local"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn close_with_unread_data_resets_with_tcp_abort_on_close() {
+    let ns = Netns::new("abort");
+    let trace = Trace::events(&ns, &[]);
+    let server = ns.run(|| {
+        let l = listen("127.0.0.1:0");
+        let (mut c, s) = connect_accept(&l);
+        c.write_all(b"never read").unwrap();
+        sleep(Duration::from_millis(50));
+        drop(s); // unread data: the kernel aborts with a reset
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            c.read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionReset
+        );
+        l.local_addr().unwrap()
+    });
+    let events = trace.stop_json();
+    let (reason, before, local) = reset_sent(&events);
+    assert_eq!(
+        (reason.as_str(), before.as_str()),
+        ("TCP_ABORT_ON_CLOSE", "ESTABLISHED")
+    );
+    assert_eq!(local, server.to_string());
+    let got = the(&events, "reset received", |e| e["kind"] == "recv_reset");
+    assert_eq!(got["state"], "ESTABLISHED");
+    assert_eq!(got["remote"], server.to_string());
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn linger_zero_close_resets_with_tcp_state() {
+    let ns = Netns::new("linger");
+    let trace = Trace::events(&ns, &[]);
+    let client = ns.run(|| {
+        let l = listen("127.0.0.1:0");
+        let (c, _s) = connect_accept(&l);
+        let sock = socket2::SockRef::from(&c);
+        sock.set_linger(Some(Duration::ZERO)).unwrap();
+        let addr = c.local_addr().unwrap();
+        drop(c);
+        sleep(Duration::from_millis(20));
+        addr
+    });
+    let events = trace.stop_json();
+    let (reason, before, local) = reset_sent(&events);
+    assert_eq!(
+        (reason.as_str(), before.as_str()),
+        ("TCP_STATE", "ESTABLISHED")
+    );
+    assert_eq!(local, client.to_string());
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn dropped_final_acks_make_the_listener_retransmit_syn_acks() {
+    let ns = Netns::new("synack");
+    let listener = ns.run(|| listen("127.0.0.1:0"));
+    let port = listener.local_addr().unwrap().port();
+    // Drop every pure ACK to the listener on input: the handshake never
+    // completes on the server side, which retransmits its SYN-ACK at ~1 s and
+    // ~3 s. (A drop on output would count as never sent.)
+    ns.nft(&format!(
+        "table inet tcptrace_test {{\n chain input {{\n type filter hook input priority 0;\n \
+         tcp dport {port} tcp flags & (syn | ack) == ack drop\n }}\n}}\n"
+    ));
+    let before = ns.netstat("TcpExt", "TCPSynRetrans");
+    let trace = Trace::events(&ns, &[]);
+    let client = ns.run(move || {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sleep(Duration::from_millis(3_500));
+        let addr = c.local_addr().unwrap();
+        let _ = c.shutdown(Shutdown::Both);
+        addr
+    });
+    let events = trace.stop_json();
+    let retransmits = ns.netstat("TcpExt", "TCPSynRetrans") - before;
+    let synacks: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "synack_retrans")
+        .collect();
+    assert_eq!(synacks.len() as u64, retransmits, "{events:#?}");
+    assert_eq!(retransmits, 2, "1 s and 3 s after the first SYN-ACK");
+    let counts: Vec<u64> = synacks
+        .iter()
+        .map(|e| e["retrans"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 2]);
+    for (e, min_us) in synacks.iter().zip([900_000, 2_700_000]) {
+        assert_eq!(
+            e["local"],
+            format!("127.0.0.1:{port}"),
+            "attributed to the listening port"
+        );
+        assert_eq!(e["remote"], client.to_string());
+        let age = e["since_first_synack_us"].as_u64().unwrap();
+        assert!(
+            (min_us..min_us + 1_500_000).contains(&age),
+            "since first SYN-ACK {age} us"
+        );
+    }
+    drop(listener);
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn classic_tracepoints_give_the_same_events_as_tp_btf() {
+    let ns = Netns::new("classic");
+    let trace = Trace::events(&ns, &["--hooks", "classic"]);
+    assert!(
+        trace
+            .stderr_lines
+            .iter()
+            .any(|l| l.contains("tracepoint/inet_sock_set_state")),
+        "{:?}",
+        trace.stderr_lines
+    );
+    let oc = open_close(&ns, "127.0.0.1:0", Duration::ZERO);
+    let events = trace.stop_json();
+    assert_open_close(&events, &oc);
+
+    let trace = Trace::events(&ns, &["--hooks", "classic"]);
+    refused(&ns, 9);
+    assert_refused(&trace.stop_json(), 9);
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn port_and_state_filters_show_exactly_the_matching_events() {
+    let ns = Netns::new("filter");
+    let (a, b) = ns.run(|| {
+        let (a, b) = (listen("127.0.0.1:0"), listen("127.0.0.1:0"));
+        (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        )
+    });
+    let port_a = a.to_string();
+    let by_port = Trace::events(&ns, &["--port", &port_a]);
+    let by_state = Trace::events(&ns, &["--port", &port_a, "--state", "close-wait"]);
+    let v6_only = Trace::events(&ns, &["-6"]);
+    let runs = ns.run(move || {
+        [a, b]
+            .map(|port| {
+                let l = listen(&format!("127.0.0.1:{port}"));
+                let (c, mut s) = connect_accept(&l);
+                let client = c.local_addr().unwrap();
+                drop(c);
+                assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
+                drop(s);
+                client
+            })
+            .to_vec()
+    });
+    let on_a = by_port.stop_json();
+    // Client socket (5 transitions), accepted socket (5), listener (2).
+    assert_eq!(on_a.len(), 12, "{on_a:#?}");
+    let a_str = format!("127.0.0.1:{a}");
+    assert!(
+        on_a.iter()
+            .all(|e| e["local"] == a_str.as_str() || e["remote"] == a_str.as_str())
+    );
+    assert!(on_a.iter().any(|e| e["local"] == runs[0].to_string()));
+    assert!(!on_a.iter().any(|e| e["local"] == runs[1].to_string()));
+
+    let close_wait = by_state.stop_json();
+    let seen: Vec<String> = close_wait
+        .iter()
+        .map(|e| {
+            format!(
+                "{}->{}",
+                e["old"].as_str().unwrap(),
+                e["new"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(seen, ["ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK"]);
+    assert!(close_wait.iter().all(|e| e["local"] == a_str.as_str()));
+
+    assert_eq!(v6_only.stop_json().len(), 0);
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn text_output_has_a_header_and_one_line_per_event() {
+    let ns = Netns::new("text");
+    let inode = ns.inode.to_string();
+    let trace = Trace::start(&["events", "--netns", &inode], "tcptrace: tracing");
+    refused(&ns, 9);
+    let (out, stderr) = trace.stop();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("TIME"), "{out}");
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[1].contains("CLOSE -> SYN_SENT"), "{out}");
+    assert!(
+        lines[2].contains("127.0.0.1:9") && lines[2].contains("reason=NO_SOCKET before=no-socket")
+    );
+    assert!(lines[3].contains("RST received") && lines[3].ends_with("in=SYN_SENT"));
+    assert!(lines[4].contains("SYN_SENT -> CLOSE"));
+    let summary = stderr.last().unwrap();
+    assert!(summary.contains("4 shown, 0 lost"), "{summary}");
+    assert!(summary.contains("send_reset 1, recv_reset 1"), "{summary}");
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn without_privileges_it_says_how_to_run_it() {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_tcptrace"))
+        .arg("events")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tcptrace: error: tcptrace needs root (or CAP_BPF and CAP_PERFMON) to load its BPF \
+         programs: run it with sudo\n"
+    );
+}
