@@ -354,13 +354,13 @@ fn port_and_state_filters_show_exactly_the_matching_events() {
     let runs = ns.run(move || {
         [a, b]
             .map(|port| {
-                let l = listen(&format!("127.0.0.1:{port}"));
-                let (c, mut s) = connect_accept(&l);
-                let client = c.local_addr().unwrap();
-                drop(c);
-                assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
-                drop(s);
-                client
+                let listener = listen(&format!("127.0.0.1:{port}"));
+                let (client, mut server) = connect_accept(&listener);
+                let addr = client.local_addr().unwrap();
+                drop(client);
+                assert_eq!(server.read(&mut [0u8; 4]).unwrap(), 0);
+                drop(server);
+                addr
             })
             .to_vec()
     });

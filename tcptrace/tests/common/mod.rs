@@ -166,7 +166,7 @@ impl Trace {
                         return trace;
                     }
                 }
-                Err(_) => panic!("tcptrace did not start: {:?}", trace.stderr_lines),
+                Err(e) => panic!("tcptrace did not start ({e}): {:?}", trace.stderr_lines),
             }
         }
     }
@@ -176,7 +176,7 @@ impl Trace {
         // Let the last records reach the ring and one poll drain them.
         thread::sleep(Duration::from_millis(100));
         // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGINT) };
         let mut out = String::new();
         self.child
             .stdout
