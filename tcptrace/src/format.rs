@@ -12,7 +12,7 @@ use crate::tcp::{Family, TcpState};
 use crate::track::{Note, Origin};
 
 /// The header matching [`text_line`].
-pub const TEXT_HEADER: &str = "TIME            PID     COMM            LOCAL                                    REMOTE                                   EVENT                        MS        DETAIL";
+pub const TEXT_HEADER: &str = "TIME            PID     COMM            LOCAL                  REMOTE                 EVENT                        MS        DETAIL";
 
 /// Milliseconds with microsecond precision.
 pub fn ms(ns: u64) -> String {
@@ -29,7 +29,7 @@ pub fn text_line(ev: &Event, note: &Note, clock: Clock, reasons: &ResetReasons) 
         None => ("-".to_string(), "-"),
     };
     let mut line = format!(
-        "{} {pid:<7} {comm:<15} {:<40} {:<40} ",
+        "{} {pid:<7} {comm:<15} {:<22} {:<22} ",
         wall.strftime("%H:%M:%S%.6f"),
         ev.local.to_string(),
         ev.remote.to_string()
