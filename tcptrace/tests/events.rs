@@ -435,3 +435,43 @@ fn without_privileges_it_says_how_to_run_it() {
          programs: run it with sudo\n"
     );
 }
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn every_event_is_either_shown_or_counted_lost_with_a_tiny_ring() {
+    const CONNECTIONS: usize = 300;
+    let ns = Netns::new("lost");
+    // One page of ring (36 records) drained once a second: a burst overflows
+    // it unless the threshold wake-ups keep up. Either way, nothing vanishes.
+    let trace = Trace::events(&ns, &["--ring-size", "4096", "--poll-interval", "1s"]);
+    ns.run(|| {
+        let l = listen("127.0.0.1:0");
+        for _ in 0..CONNECTIONS {
+            let (c, mut s) = connect_accept(&l);
+            drop(c);
+            assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
+        }
+    });
+    let (out, stderr) = trace.stop();
+    let records: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lost: u64 = records
+        .iter()
+        .filter(|r| r["kind"] == "lost")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    let shown = records.iter().filter(|r| r["kind"] == "state").count() as u64;
+    // Per connection: 5 client and 5 server transitions; plus the listener's 2.
+    assert_eq!(
+        shown + lost,
+        (CONNECTIONS * 10 + 2) as u64,
+        "shown {shown}, lost {lost}"
+    );
+    let summary = stderr.last().unwrap();
+    assert!(
+        summary.contains(&format!("{shown} shown, {lost} lost")),
+        "{summary}"
+    );
+}
