@@ -16,5 +16,6 @@ pub mod loader;
 pub mod reader;
 pub mod reasons;
 pub mod signals;
+pub mod snapshot;
 pub mod tcp;
 pub mod track;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A TCP socket state, numbered as in include/net/tcp_states.h.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,6 +95,16 @@ impl fmt::Display for TcpState {
 impl Serialize for TcpState {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TcpState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(n) = s.strip_prefix("STATE_") {
+            return n.parse().map(Self::Unknown).map_err(serde::de::Error::custom);
+        }
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
