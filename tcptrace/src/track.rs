@@ -7,7 +7,8 @@
 //! CLOSE->SYN_SENT, CLOSE->LISTEN and LISTEN->SYN_RECV always begin a new life,
 //! and CLOSE ends one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::event::{Detail, Event, Task};
@@ -30,8 +31,25 @@ pub struct Sock {
     pub state: TcpState,
     /// When it entered `state`; `None` if that predates what we saw.
     pub since_ns: Option<u64>,
+    /// When tracking first saw it: a lower bound of its age in `state` when
+    /// `since_ns` is unknown.
+    pub first_seen_ns: u64,
     pub owner: Option<Arc<Task>>,
     pub origin: Origin,
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl Sock {
+    /// Nanoseconds in the current state at `now_ns`, and whether that is
+    /// exact (false: a lower bound, the stay began before tracking).
+    pub fn age_ns(&self, now_ns: u64) -> (u64, bool) {
+        match self.since_ns {
+            Some(since) => (now_ns.saturating_sub(since), true),
+            None => (now_ns.saturating_sub(self.first_seen_ns), false),
+        }
+    }
 }
 
 /// What tracking adds to an event.
@@ -102,6 +120,53 @@ impl Tracker {
 
     pub fn is_listener(&self, netns: u32, port: u16) -> bool {
         self.listeners.contains_key(&(netns, port))
+    }
+
+    /// Adds a socket that existed before tracing began (from the sock_diag
+    /// census), unless it is already tracked. Its time in state is unknown:
+    /// only a lower bound from `seen_ns` on.
+    pub fn seed(
+        &mut self,
+        sock_id: u64,
+        state: TcpState,
+        netns: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        seen_ns: u64,
+    ) {
+        if state == TcpState::Listen {
+            self.listeners.entry((netns, local.port())).or_insert(None);
+        }
+        if self.socks.contains_key(&sock_id) {
+            return;
+        }
+        if self.socks.len() >= self.max_socks {
+            self.untracked += 1;
+            return;
+        }
+        let sock = Sock {
+            state,
+            since_ns: None,
+            first_seen_ns: seen_ns,
+            owner: None,
+            origin: Origin::Unknown,
+            netns,
+            local,
+            remote,
+        };
+        self.socks.insert(sock_id, sock);
+    }
+
+    /// Drops tracked sockets that the census no longer sees although they were
+    /// tracked before it was taken: their CLOSE was lost (ring overflow, or a
+    /// path the tracepoint does not cover). Keeps memory bounded on long runs.
+    /// Returns how many were dropped.
+    pub fn retain_census(&mut self, alive: &HashSet<u64>, census_started_ns: u64) -> usize {
+        let before = self.socks.len();
+        self.socks.retain(|id, s| {
+            alive.contains(id) || s.since_ns.unwrap_or(s.first_seen_ns) >= census_started_ns
+        });
+        before - self.socks.len()
     }
 
     /// Updates the tracked state with `ev` and returns what tracking knows of it.
@@ -188,8 +253,12 @@ impl Tracker {
             let sock = Sock {
                 state: new,
                 since_ns: Some(ev.ts_ns),
+                first_seen_ns: prev.as_ref().map_or(ev.ts_ns, |p| p.first_seen_ns),
                 owner: owner.clone(),
                 origin,
+                netns: ev.netns,
+                local: ev.local,
+                remote: ev.remote,
             };
             self.socks.insert(ev.sock_id, sock);
         } else {
@@ -331,6 +400,27 @@ mod tests {
             reason: Some(1),
         };
         assert_eq!(t.observe(&rst).state_before, None);
+    }
+
+    #[test]
+    fn seeded_sockets_have_a_lower_bound_age_and_vanish_when_the_census_loses_them() {
+        let mut t = Tracker::new(100);
+        let (l, r) = (
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.1:5000".parse().unwrap(),
+        );
+        t.seed(1, CloseWait, 1, l, r, 1_000);
+        t.seed(2, Listen, 1, l, "0.0.0.0:0".parse().unwrap(), 1_000);
+        assert!(t.is_listener(1, 8080));
+        assert_eq!(t.get(1).unwrap().age_ns(5_000), (4_000, false));
+        // a transition makes the age exact
+        t.observe(&state(6_000, 1, CloseWait, LastAck));
+        assert_eq!(t.get(1).unwrap().age_ns(7_000), (1_000, true));
+        // census at 10_000 sees only socket 2; socket 3 appeared after it began
+        t.observe(&state(12_000, 3, Close, SynSent));
+        let alive: HashSet<u64> = [2].into();
+        assert_eq!(t.retain_census(&alive, 10_000), 1);
+        assert!(t.get(1).is_none() && t.get(2).is_some() && t.get(3).is_some());
     }
 
     #[test]

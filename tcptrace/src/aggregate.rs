@@ -1,0 +1,572 @@
+//! Per-port aggregation: events in, snapshots out. Pure: no kernel, no
+//! terminal, no HTTP. It attributes every socket to its service port, keeps
+//! dwell-time histograms per (port, direction, state), SYN-ACK retransmits,
+//! handshakes, resets by cause, and joins the live tracker and the sock_diag
+//! census into "what is in each state now, and since when".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use hdrhistogram::Histogram;
+
+use crate::event::{Detail, Event};
+use crate::reasons::ResetReasons;
+use crate::snapshot::{
+    AcceptQueue, Bucket, Direction, Dwell, EventCounts, Handshakes, PortSnapshot, ResetCount,
+    Snapshot, StateSnapshot, StuckSocket,
+};
+use crate::tcp::TcpState;
+use crate::track::{Note, Origin, Tracker};
+
+/// Kernel state numbers run 1..=13 (include/net/tcp_states.h); slot 0 and
+/// unknown states share the last slot.
+const STATE_SLOTS: usize = 15;
+const OTHER_SLOT: usize = STATE_SLOTS - 1;
+
+fn slot(state: TcpState) -> usize {
+    match state {
+        TcpState::Unknown(_) => OTHER_SLOT,
+        known => usize::from(known.to_kernel()).min(OTHER_SLOT),
+    }
+}
+
+fn state_of_slot(i: usize) -> Option<TcpState> {
+    (1..=13)
+        .contains(&i)
+        .then(|| TcpState::from_kernel(i as u8))
+}
+
+/// Where a socket's numbers go: its service port and direction, or the
+/// "other" row (`port: None`) once the port cap is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub port: Option<u16>,
+    pub direction: Direction,
+}
+
+/// Attribution (DESIGN.md, "Port attribution"): an accepted socket belongs to
+/// its local port ("in"), a connecting one to the remote port ("out"); one of
+/// unknown origin to its local port if that port listens, else the remote one.
+pub fn attribute(
+    origin: Origin,
+    local: &SocketAddr,
+    remote: &SocketAddr,
+    local_listens: bool,
+) -> (u16, Direction) {
+    let inbound = match origin {
+        Origin::Passive => true,
+        Origin::Active => false,
+        Origin::Unknown => local_listens,
+    };
+    if inbound {
+        (local.port(), Direction::In)
+    } else {
+        (remote.port(), Direction::Out)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AggregatorConfig {
+    /// Distinct (port, direction) rows before folding into "other".
+    pub max_ports: usize,
+    /// net.ipv4.tcp_synack_retries: a request retransmitted this often with
+    /// no connection is a failed handshake.
+    pub synack_retries: u32,
+    /// Only this network namespace (inode).
+    pub netns: Option<u32>,
+    /// Oldest sockets listed per port.
+    pub oldest_per_port: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            max_ports: 4096,
+            synack_retries: 5,
+            netns: None,
+            oldest_per_port: 10,
+        }
+    }
+}
+
+/// Durations in microseconds, 3 significant digits. The histogram grows with
+/// the largest value seen, so a port whose sockets only live milliseconds
+/// costs ~16 KiB per state instead of the ~224 KiB a 24-hour range takes.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant digits is a valid precision")
+}
+
+/// Longest duration recorded (30 days), so one absurd value cannot grow a
+/// histogram without bound.
+const MAX_RECORD_US: u64 = 30 * 24 * 3600 * 1_000_000;
+
+fn record(h: &mut Option<Histogram<u64>>, us: u64) {
+    // `record` grows an auto-resizing histogram; `saturating_record` would clamp
+    // to its current (tiny) range instead.
+    let h = h.get_or_insert_with(new_histogram);
+    if h.record(us.min(MAX_RECORD_US)).is_err() {
+        h.saturating_record(us);
+    }
+}
+
+#[derive(Clone, Default)]
+struct StateStats {
+    entered: u64,
+    exits: [u64; STATE_SLOTS],
+    dwell: Option<Histogram<u64>>,
+    dwell_unknown: u64,
+}
+
+#[derive(Clone, Default)]
+struct PortStats {
+    transitions: u64,
+    states: Vec<StateStats>,
+    synack_retrans: u64,
+    handshakes_completed: u64,
+    handshakes_failed: u64,
+    handshake_time: Option<Histogram<u64>>,
+    /// (reset reason, state before) -> count.
+    resets_sent: HashMap<(Option<u32>, Option<TcpState>), u64>,
+    resets_received: [u64; STATE_SLOTS],
+    retransmits: u64,
+}
+
+impl PortStats {
+    fn state(&mut self, st: TcpState) -> &mut StateStats {
+        if self.states.is_empty() {
+            self.states = vec![StateStats::default(); STATE_SLOTS];
+        }
+        &mut self.states[slot(st)]
+    }
+}
+
+/// A handshake the listener is still retransmitting SYN-ACKs for.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    key: PortKey,
+    last_ts_ns: u64,
+    since_first_us: u64,
+    retrans: u32,
+}
+
+/// Requests followed at once; more are not followed (and counted).
+const MAX_PENDING: usize = 65_536;
+/// A request not retransmitted for this long was answered or abandoned
+/// (client reset, syncookies): forget it without calling it failed.
+const PENDING_FORGET_NS: u64 = 130 * 1_000_000_000;
+
+/// sock_diag's view of the moment: what the tracepoints cannot show.
+#[derive(Clone, Debug, Default)]
+pub struct CensusView {
+    /// Timewait mini-sockets (TIME_WAIT and orphaned FIN_WAIT2): count and
+    /// oldest age in milliseconds, per (port, direction, state).
+    pub timewait: HashMap<(u16, Direction, TcpState), (u64, u64)>,
+    /// Listener accept queues, summed per port over namespaces.
+    pub accept_queues: HashMap<u16, AcceptQueue>,
+}
+
+pub struct Aggregator {
+    cfg: AggregatorConfig,
+    ports: HashMap<PortKey, PortStats>,
+    folded: HashSet<PortKey>,
+    folded_overflow: u64,
+    pending: HashMap<(u32, SocketAddr, SocketAddr), Pending>,
+    /// Requests not followed because `pending` was full.
+    pub pending_overflow: u64,
+    counts: EventCounts,
+    start_ns: u64,
+    census: CensusView,
+}
+
+/// Distinct folded keys remembered for counting (beyond, still counted).
+const MAX_FOLDED_REMEMBERED: usize = 1 << 16;
+
+impl Aggregator {
+    pub fn new(cfg: AggregatorConfig, start_ns: u64) -> Self {
+        Self {
+            cfg,
+            ports: HashMap::new(),
+            folded: HashSet::new(),
+            folded_overflow: 0,
+            pending: HashMap::new(),
+            pending_overflow: 0,
+            counts: EventCounts::default(),
+            start_ns,
+            census: CensusView::default(),
+        }
+    }
+
+    pub fn config(&self) -> &AggregatorConfig {
+        &self.cfg
+    }
+
+    /// Counts records the kernel dropped (the ring's lost counter).
+    pub fn set_lost(&mut self, lost: u64) {
+        self.counts.lost = lost;
+    }
+
+    pub fn add_undecodable(&mut self, n: u64) {
+        self.counts.undecodable += n;
+    }
+
+    pub fn set_census(&mut self, census: CensusView) {
+        self.census = census;
+    }
+
+    fn key(&mut self, port: u16, direction: Direction) -> PortKey {
+        let key = PortKey {
+            port: Some(port),
+            direction,
+        };
+        if self.ports.contains_key(&key) || self.ports.len() < self.cfg.max_ports {
+            return key;
+        }
+        if self.folded.len() < MAX_FOLDED_REMEMBERED {
+            self.folded.insert(key);
+        } else if !self.folded.contains(&key) {
+            self.folded_overflow += 1;
+        }
+        PortKey {
+            port: None,
+            direction,
+        }
+    }
+
+    /// The row of a socket-bearing event.
+    fn key_of(&mut self, ev: &Event, note: &Note, tracker: &Tracker) -> PortKey {
+        let listens = tracker.is_listener(ev.netns, ev.local.port());
+        let origin = note.origin.unwrap_or(Origin::Unknown);
+        let (port, dir) = attribute(origin, &ev.local, &ev.remote, listens);
+        self.key(port, dir)
+    }
+
+    fn stats(&mut self, key: PortKey) -> &mut PortStats {
+        self.ports.entry(key).or_default()
+    }
+
+    /// Folds one event, with what the tracker noted about it (the tracker must
+    /// have observed the event first).
+    pub fn add(&mut self, ev: &Event, note: &Note, tracker: &Tracker) {
+        self.counts.total += 1;
+        *self
+            .counts
+            .by_kind
+            .entry(ev.kind().name().to_string())
+            .or_default() += 1;
+        if self.cfg.netns.is_some_and(|n| n != ev.netns) {
+            return;
+        }
+        match ev.detail {
+            Detail::State {
+                old, new, srtt_us, ..
+            } => {
+                let key = self.key_of(ev, note, tracker);
+                let handshake = (old == TcpState::SynRecv && new == TcpState::Established)
+                    .then(|| self.handshake_time_us(ev, srtt_us));
+                let stats = self.stats(key);
+                stats.transitions += 1;
+                let from = stats.state(old);
+                from.exits[slot(new)] += 1;
+                match note.dwell_ns {
+                    Some(ns) => record(&mut from.dwell, ns / 1_000),
+                    None if !note.new_life => from.dwell_unknown += 1,
+                    None => {}
+                }
+                stats.state(new).entered += 1;
+                if let Some(time) = handshake {
+                    stats.handshakes_completed += 1;
+                    if let Some(us) = time {
+                        record(&mut stats.handshake_time, us);
+                    }
+                }
+            }
+            Detail::SynackRetrans {
+                retrans,
+                since_first_us,
+            } => {
+                let key = self.key(ev.local.port(), Direction::In);
+                self.stats(key).synack_retrans += 1;
+                let pending = Pending {
+                    key,
+                    last_ts_ns: ev.ts_ns,
+                    since_first_us,
+                    retrans,
+                };
+                let req = (ev.netns, ev.local, ev.remote);
+                if self.pending.len() < MAX_PENDING || self.pending.contains_key(&req) {
+                    self.pending.insert(req, pending);
+                } else {
+                    self.pending_overflow += 1;
+                }
+            }
+            Detail::Retrans { .. } => {
+                let key = self.key_of(ev, note, tracker);
+                self.stats(key).retransmits += 1;
+            }
+            Detail::SendReset { state, reason } => {
+                // No socket: a packet hit a local port nobody listens on.
+                let key = if state.is_none() {
+                    self.key(ev.local.port(), Direction::In)
+                } else {
+                    self.key_of(ev, note, tracker)
+                };
+                let before = if state.is_none() {
+                    None
+                } else {
+                    note.state_before
+                };
+                *self
+                    .stats(key)
+                    .resets_sent
+                    .entry((reason, before))
+                    .or_default() += 1;
+            }
+            Detail::RecvReset { state } => {
+                let key = self.key_of(ev, note, tracker);
+                self.stats(key).resets_received[slot(state)] += 1;
+            }
+        }
+    }
+
+    /// SYN-ACK sent to final ACK. With retransmits, from the pending request:
+    /// the first SYN-ACK's age at its last retransmit plus the time since. The
+    /// kernel takes no RTT sample then (Karn's rule, net/ipv4/tcp_minisocks.c:
+    /// tcp_synack_rtt_meas), while without retransmits the child's first RTT
+    /// sample is exactly that interval.
+    fn handshake_time_us(&mut self, ev: &Event, srtt_us: Option<u32>) -> Option<u64> {
+        if let Some(p) = self.pending.remove(&(ev.netns, ev.local, ev.remote)) {
+            return Some(p.since_first_us + ev.ts_ns.saturating_sub(p.last_ts_ns) / 1_000);
+        }
+        srtt_us.filter(|us| *us > 0).map(u64::from)
+    }
+
+    /// Settles pending requests at `now_ns`: one that used up its SYN-ACK
+    /// retransmits and outlived the last timeout (1 s << retries, from
+    /// TCP_TIMEOUT_INIT doubling, net/ipv4/inet_connection_sock.c:
+    /// reqsk_timer_handler) never completed.
+    pub fn settle(&mut self, now_ns: u64) {
+        let retries = self.cfg.synack_retries;
+        let expiry_ns = (1_000_000_000u64 << retries.min(7)) + 500_000_000;
+        let mut failed = Vec::new();
+        self.pending.retain(|_, p| {
+            let idle = now_ns.saturating_sub(p.last_ts_ns);
+            if p.retrans >= retries && idle > expiry_ns {
+                failed.push(p.key);
+                false
+            } else {
+                idle <= PENDING_FORGET_NS
+            }
+        });
+        for key in failed {
+            self.stats(key).handshakes_failed += 1;
+        }
+    }
+
+    /// The picture at `now_ns` (CLOCK_MONOTONIC), joining the aggregates with
+    /// the live sockets of `tracker` and the last census.
+    pub fn snapshot(
+        &mut self,
+        tracker: &Tracker,
+        now_ns: u64,
+        time: String,
+        reasons: &ResetReasons,
+    ) -> Snapshot {
+        self.settle(now_ns);
+        let mut rows: BTreeMap<PortKey, PortSnapshot> = BTreeMap::new();
+        for (key, stats) in &self.ports {
+            rows.insert(*key, port_snapshot(*key, stats, reasons));
+        }
+        let mut oldest: HashMap<PortKey, Vec<StuckSocket>> = HashMap::new();
+        let mut sockets_tracked = 0;
+        for (_, sock) in tracker.sockets() {
+            if self.cfg.netns.is_some_and(|n| n != sock.netns) {
+                continue;
+            }
+            sockets_tracked += 1;
+            let listens = tracker.is_listener(sock.netns, sock.local.port());
+            let (port, dir) = if sock.state == TcpState::Listen {
+                (sock.local.port(), Direction::In)
+            } else {
+                attribute(sock.origin, &sock.local, &sock.remote, listens)
+            };
+            let key = self.key(port, dir);
+            let row = rows.entry(key).or_insert_with(|| empty_row(key));
+            let (age_ns, exact) = sock.age_ns(now_ns);
+            let age_s = age_ns as f64 / 1e9;
+            if sock.state == TcpState::Listen {
+                row.listening = true;
+            }
+            note_now(row.states.entry(sock.state).or_default(), 1, age_s, exact);
+            if sock.state != TcpState::Listen {
+                oldest.entry(key).or_default().push(StuckSocket {
+                    state: sock.state,
+                    local: sock.local.to_string(),
+                    remote: sock.remote.to_string(),
+                    netns: sock.netns,
+                    age_s,
+                    exact,
+                    pid: sock.owner.as_ref().map(|o| o.pid),
+                    comm: sock.owner.as_ref().map(|o| o.comm.clone()),
+                });
+            }
+        }
+        for (&(port, dir, state), &(count, oldest_ms)) in &self.census.timewait.clone() {
+            let key = self.key(port, dir);
+            let row = rows.entry(key).or_insert_with(|| empty_row(key));
+            note_now(
+                row.states.entry(state).or_default(),
+                count,
+                oldest_ms as f64 / 1e3,
+                true,
+            );
+        }
+        for (port, queue) in &self.census.accept_queues {
+            if let Some(row) = rows.get_mut(&PortKey {
+                port: Some(*port),
+                direction: Direction::In,
+            }) {
+                row.accept_queue = Some(*queue);
+            }
+        }
+        for (key, mut list) in oldest {
+            list.sort_by(|a, b| b.age_s.total_cmp(&a.age_s));
+            list.truncate(self.cfg.oldest_per_port);
+            if let Some(row) = rows.get_mut(&key) {
+                row.oldest = list;
+            }
+        }
+        let mut counts = self.counts.clone();
+        counts.untracked = tracker.untracked;
+        counts.folded_ports = self.folded.len() as u64 + self.folded_overflow;
+        Snapshot {
+            time,
+            uptime_s: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,
+            events: counts,
+            sockets_tracked,
+            // The "other" rows (port None) sort first in the map; show them last.
+            ports: {
+                let (other, named): (Vec<_>, Vec<_>) =
+                    rows.into_values().partition(|r| r.port.is_none());
+                named.into_iter().chain(other).collect()
+            },
+        }
+    }
+}
+
+fn note_now(st: &mut StateSnapshot, count: u64, age_s: f64, exact: bool) {
+    st.now += count;
+    let older = st.oldest_s.is_none_or(|o| age_s > o);
+    if older {
+        st.oldest_s = Some(age_s);
+        st.oldest_exact = exact;
+    }
+}
+
+fn empty_row(key: PortKey) -> PortSnapshot {
+    PortSnapshot {
+        port: key.port,
+        direction: key.direction,
+        listening: false,
+        accept_queue: None,
+        transitions: 0,
+        states: BTreeMap::new(),
+        synack_retrans: 0,
+        handshakes: Handshakes::default(),
+        resets_sent: Vec::new(),
+        resets_received: BTreeMap::new(),
+        retransmits: 0,
+        oldest: Vec::new(),
+    }
+}
+
+fn port_snapshot(key: PortKey, s: &PortStats, reasons: &ResetReasons) -> PortSnapshot {
+    let mut row = empty_row(key);
+    row.transitions = s.transitions;
+    for (i, st) in s.states.iter().enumerate() {
+        let Some(state) = state_of_slot(i) else {
+            continue;
+        };
+        if st.entered == 0
+            && st.dwell.is_none()
+            && st.dwell_unknown == 0
+            && st.exits.iter().all(|n| *n == 0)
+        {
+            continue;
+        }
+        let exits = st
+            .exits
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .filter_map(|(j, n)| state_of_slot(j).map(|to| (to, *n)))
+            .collect();
+        row.states.insert(
+            state,
+            StateSnapshot {
+                entered: st.entered,
+                exits,
+                dwell: st.dwell.as_ref().map(dwell_summary),
+                dwell_unknown: st.dwell_unknown,
+                ..StateSnapshot::default()
+            },
+        );
+    }
+    row.synack_retrans = s.synack_retrans;
+    row.handshakes = Handshakes {
+        completed: s.handshakes_completed,
+        failed: s.handshakes_failed,
+        time: s.handshake_time.as_ref().map(dwell_summary),
+    };
+    row.resets_sent = s
+        .resets_sent
+        .iter()
+        .map(|(&(reason, state_before), &count)| ResetCount {
+            reason: reason.map_or_else(|| "unknown".to_string(), |r| reasons.name(r).into_owned()),
+            state_before,
+            count,
+        })
+        .collect();
+    row.resets_sent
+        .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+    row.resets_received = s
+        .resets_received
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .filter_map(|(i, n)| state_of_slot(i).map(|st| (st, *n)))
+        .collect();
+    row.retransmits = s.retransmits;
+    row
+}
+
+/// Percentiles and power-of-4 buckets of a histogram.
+pub fn dwell_summary(h: &Histogram<u64>) -> Dwell {
+    let mut buckets = Vec::new();
+    let mut le = 1u64;
+    let mut below = 0u64;
+    while below < h.len() {
+        let upto = h.count_between(0, le);
+        if upto > below {
+            buckets.push(Bucket {
+                le_us: le,
+                count: upto - below,
+            });
+        }
+        below = upto;
+        le = le.saturating_mul(4);
+    }
+    Dwell {
+        count: h.len(),
+        min_us: h.min(),
+        p50_us: h.value_at_quantile(0.5),
+        p90_us: h.value_at_quantile(0.9),
+        p99_us: h.value_at_quantile(0.99),
+        max_us: h.max(),
+        mean_us: h.mean(),
+        buckets,
+    }
+}
+
+#[cfg(test)]
+#[path = "aggregate_tests.rs"]
+mod tests;
