@@ -7,6 +7,7 @@
 //! (time in state, owner, origin), and the commands render what they learn.
 
 pub mod cli;
+pub mod aggregate;
 pub mod clock;
 pub mod event;
 pub mod events;
