@@ -32,7 +32,7 @@ pub static OBJECT: &[u8] = &OBJECT_ALIGNED.0;
 pub mod names {
     /// The ring buffer (`BPF_MAP_TYPE_RINGBUF`).
     pub const EVENTS_MAP: &str = "events";
-    /// Per-CPU count of failed ring reservations.
+    /// Failed ring reservations: a mmapable array with one `u64` slot per CPU.
     pub const LOST_MAP: &str = "lost";
     /// `const volatile __u64`: bytes waiting in the ring that force a wake-up.
     pub const WAKEUP_BYTES: &str = "wakeup_bytes";

@@ -25,6 +25,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Live per-port view: sockets in each state now, dwell times, SYN-ACK
+    /// retransmits, resets and their causes. Full-screen on a terminal; a
+    /// plain table (or JSON) otherwise or with --once.
+    Watch(WatchArgs),
     /// Stream every TCP event: state changes with time in the old state,
     /// SYN-ACK retransmits, retransmits and resets with their cause.
     Events(EventsArgs),
@@ -88,6 +92,57 @@ pub struct EventsArgs {
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub trace: TraceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only these ports (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only inbound (listening ports) or outbound (ports we connect to).
+    #[arg(long, value_enum)]
+    pub direction: Option<DirectionArg>,
+    /// Refresh interval.
+    #[arg(long, short = 'i', default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+    /// Trace for DURATION, print one report and exit (plain text, or JSON with --json).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub once: Option<Duration>,
+    /// Print snapshots as JSON (one object per line) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this network namespace (inode, as in `ls -l /proc/PID/ns/net`).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+    /// Distinct (port, direction) rows before the rest fold into "other".
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_ports: usize,
+    /// SYN-ACK retransmits after which an incomplete handshake counts as
+    /// failed; default: this host's net.ipv4.tcp_synack_retries.
+    #[arg(long, value_name = "N")]
+    pub synack_retries: Option<u32>,
+    /// How often sock_diag is asked for TIME_WAIT, orphaned FIN_WAIT2 and
+    /// accept queues, which tracepoints never show.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub census_interval: Duration,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// `--direction` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirectionArg {
+    In,
+    Out,
+}
+
+impl From<DirectionArg> for crate::snapshot::Direction {
+    fn from(d: DirectionArg) -> Self {
+        match d {
+            DirectionArg::In => Self::In,
+            DirectionArg::Out => Self::Out,
+        }
+    }
 }
 
 /// Parses `4M`, `4MiB`, `16m`, `65536`: a power of two of at least one page.
@@ -179,12 +234,28 @@ mod tests {
             "-6",
         ])
         .unwrap();
-        let Command::Events(a) = cli.command;
+        let Command::Events(a) = cli.command else { panic!("events") };
         assert!(a.json && a.ipv6 && !a.ipv4);
         assert_eq!(a.ports, [80, 443]);
         assert_eq!(a.states, [TcpState::CloseWait]);
         assert!(Cli::try_parse_from(["tcptrace", "events", "-4", "-6"]).is_err());
         assert!(Cli::try_parse_from(["tcptrace", "events", "--state", "bogus"]).is_err());
         assert!(Cli::try_parse_from(["tcptrace", "events", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn cli_parses_watch() {
+        let cli = Cli::try_parse_from(["tcptrace", "watch"]).unwrap();
+        let Command::Watch(w) = cli.command else { panic!("watch") };
+        assert_eq!((w.interval, w.once, w.max_ports, w.json), (Duration::from_secs(1), None, 4096, false));
+        let cli = Cli::try_parse_from([
+            "tcptrace", "watch", "--once", "5s", "--json", "-p", "8080", "--direction", "in", "-i", "250ms",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command else { panic!("watch") };
+        assert_eq!(w.once, Some(Duration::from_secs(5)));
+        assert_eq!((w.ports, w.direction), (vec![8080], Some(DirectionArg::In)));
+        assert_eq!(w.interval, Duration::from_millis(250));
+        assert!(Cli::try_parse_from(["tcptrace", "watch", "--direction", "sideways"]).is_err());
     }
 }

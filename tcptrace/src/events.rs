@@ -16,11 +16,8 @@ use crate::reader::Reader;
 use crate::reasons::ResetReasons;
 use crate::signals::Shutdown;
 use crate::tcp::Family;
+use crate::session::MAX_TRACKED_SOCKETS;
 use crate::track::Tracker;
-
-/// Live sockets tracked for time-in-state; beyond this, new sockets are
-/// counted as untracked rather than growing memory without bound.
-pub const MAX_TRACKED_SOCKETS: usize = 1 << 20;
 
 /// Counts kept for the closing summary.
 #[derive(Debug, Default)]

@@ -6,6 +6,7 @@
 //! decodes records into typed events once, [`track`] follows live sockets
 //! (time in state, owner, origin), and the commands render what they learn.
 
+pub mod census;
 pub mod cli;
 pub mod aggregate;
 pub mod clock;
@@ -14,9 +15,13 @@ pub mod events;
 pub mod filter;
 pub mod format;
 pub mod loader;
+pub mod metrics;
 pub mod reader;
 pub mod reasons;
+pub mod session;
 pub mod signals;
 pub mod snapshot;
 pub mod tcp;
 pub mod track;
+pub mod view;
+pub mod watch;

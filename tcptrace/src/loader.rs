@@ -6,10 +6,11 @@
 //! kernel lacks costs the feature it feeds, with a warning, not the run.
 
 use std::fmt;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Map, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tcptrace_ebpf::names;
@@ -116,7 +117,7 @@ pub struct Tracer {
     /// Owns the programs and their links; kept alive for the tracer's lifetime.
     _ebpf: Ebpf,
     rings: Vec<RingBuf<MapData>>,
-    lost: PerCpuArray<MapData, u64>,
+    lost: LostCounter,
     /// (tracepoint, how it was attached) for every hook that is live.
     pub attached: Vec<(&'static str, Attachment)>,
     /// One line per feature lost to a missing hook.
@@ -135,9 +136,11 @@ impl Tracer {
         }
         raise_memlock();
         let btf = Btf::from_sys_fs().context("read the kernel's BTF")?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("count possible CPUs")?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .map_max_entries(names::EVENTS_MAP, config.ring_bytes)
+            .map_max_entries(names::LOST_MAP, cpus as u32)
             .override_global(names::WAKEUP_BYTES, &config.wakeup_bytes, true)
             .load(tcptrace_ebpf::OBJECT)
             .context("load the BPF object")?;
@@ -161,8 +164,8 @@ impl Tracer {
 
         let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS_MAP).context("events map")?)
             .context("open the ring buffer")?;
-        let lost = PerCpuArray::try_from(ebpf.take_map(names::LOST_MAP).context("lost map")?)
-            .context("open the lost-event counter")?;
+        let lost = LostCounter::map(ebpf.take_map(names::LOST_MAP).context("lost map")?)
+            .context("map the lost-event counter")?;
         Ok(Self {
             _ebpf: ebpf,
             rings: vec![ring],
@@ -172,6 +175,12 @@ impl Tracer {
         })
     }
 
+    /// "tp_btf/inet_sock_set_state, ..." for messages.
+    pub fn describe(&self) -> String {
+        let hooks: Vec<String> = self.attached.iter().map(|(n, how)| format!("{how}/{n}")).collect();
+        hooks.join(", ")
+    }
+
     /// Hands the ring buffers to a reader (once).
     pub fn take_rings(&mut self) -> Vec<RingBuf<MapData>> {
         std::mem::take(&mut self.rings)
@@ -179,11 +188,59 @@ impl Tracer {
 
     /// Records the kernel could not reserve, summed over CPUs.
     pub fn lost_events(&self) -> Result<u64> {
-        let per_cpu = self
-            .lost
-            .get(&0, 0)
-            .context("read the lost-event counter")?;
-        Ok(per_cpu.iter().sum())
+        Ok(self.lost.sum())
+    }
+}
+
+/// The `lost` array, mapped read-only into our memory: reading it needs no
+/// syscall and no privilege, so it keeps working after `--user` drops them.
+struct LostCounter {
+    /// Keeps the map (and so the mapping's backing) alive.
+    _map: MapData,
+    ptr: std::ptr::NonNull<u64>,
+    slots: usize,
+    mapped: usize,
+}
+
+impl LostCounter {
+    fn map(map: Map) -> Result<Self> {
+        let Map::Array(data) = map else {
+            bail!("the lost map is not an array")
+        };
+        let slots = data.info().context("lost map info")?.max_entries() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let mapped = (slots * 8).div_ceil(page) * page;
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: a read-only shared mapping of a BPF_F_MMAPABLE array map's
+        // fd, from offset 0, no longer than the map's page-rounded value area.
+        let addr = unsafe {
+            libc::mmap(std::ptr::null_mut(), mapped, libc::PROT_READ, libc::MAP_SHARED, fd, 0)
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap the lost map");
+        }
+        let ptr = std::ptr::NonNull::new(addr.cast::<u64>()).context("mmap returned null")?;
+        Ok(Self { _map: data, ptr, slots, mapped })
+    }
+
+    fn sum(&self) -> u64 {
+        (0..self.slots)
+            // SAFETY: `slots` u64 values lie within the live mapping; the
+            // kernel updates them concurrently, hence the volatile read.
+            .map(|i| unsafe { self.ptr.as_ptr().add(i).read_volatile() })
+            .sum()
+    }
+}
+
+// SAFETY: the mapping is read-only and owned by this value; reading it from
+// another thread is as sound as from this one.
+unsafe impl Send for LostCounter {}
+
+impl Drop for LostCounter {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the region mapped in `map`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
     }
 }
 

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Events(args) => tcptrace::events::run(args).await,
+            Command::Watch(args) => tcptrace::watch::run(args).await,
         }
     });
     match result {

@@ -36,10 +36,17 @@ TCPTRACE_EXTERN struct {
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
 
-/* Failed ring reservations, per CPU so that counting costs no atomic. */
+/*
+ * Failed ring reservations, one slot per CPU so that CPUs never contend for a
+ * counter (userspace sets max_entries to the possible-CPU count before load).
+ * Not a per-CPU map: this array is mmapable, so a daemon that dropped its
+ * capabilities can still read it (with kernel.unprivileged_bpf_disabled set,
+ * an unprivileged process cannot even look up a map it already holds).
+ */
 TCPTRACE_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
@@ -58,11 +65,13 @@ static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
 	struct tcptrace_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
-		__u32 zero = 0;
-		__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+		__u32 cpu = bpf_get_smp_processor_id();
+		__u64 *n = bpf_map_lookup_elem(&lost, &cpu);
 
+		/* Atomic although the slot is this CPU's: a softirq program may
+		 * interrupt a process-context one on the same CPU. */
 		if (n)
-			*n += 1;
+			__sync_fetch_and_add(n, 1);
 		return NULL;
 	}
 	__builtin_memset(e, 0, sizeof(*e));

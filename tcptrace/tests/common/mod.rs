@@ -79,7 +79,12 @@ impl Netns {
 
     /// A counter from the namespace's /proc/net/netstat, e.g. ("TcpExt", "TCPSynRetrans").
     pub fn netstat(&self, group: &'static str, name: &'static str) -> u64 {
-        self.run(move || read_netstat(group, name))
+        self.run(move || read_counter("netstat", group, name))
+    }
+
+    /// A counter from the namespace's /proc/net/snmp, e.g. ("Tcp", "OutRsts").
+    pub fn snmp(&self, group: &'static str, name: &'static str) -> u64 {
+        self.run(move || read_counter("snmp", group, name))
     }
 }
 
@@ -91,9 +96,9 @@ impl Drop for Netns {
     }
 }
 
-fn read_netstat(group: &str, name: &str) -> u64 {
+fn read_counter(file: &str, group: &str, name: &str) -> u64 {
     // /proc/thread-self/net reflects this thread's namespace.
-    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
+    let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {
         let (heads, vals) = (pair[0], pair[1]);
@@ -102,7 +107,7 @@ fn read_netstat(group: &str, name: &str) -> u64 {
             return vals.split_whitespace().nth(i).unwrap().parse().unwrap();
         }
     }
-    panic!("{group}:{name} not in /proc/net/netstat")
+    panic!("{group}:{name} not in /proc/net/{file}")
 }
 
 pub fn run(prog: &str, args: &[&str]) {
@@ -177,6 +182,22 @@ impl Trace {
         thread::sleep(Duration::from_millis(100));
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGINT) };
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        let mut lines = std::mem::take(&mut self.stderr_lines);
+        lines.extend(self.stderr.iter());
+        assert!(status.success(), "tcptrace exited with {status}: {lines:?}");
+        (out, lines)
+    }
+
+    /// Waits for tcptrace to exit by itself (e.g. `watch --once`) and returns stdout.
+    pub fn finish(mut self) -> (String, Vec<String>) {
         let mut out = String::new();
         self.child
             .stdout

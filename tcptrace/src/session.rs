@@ -1,0 +1,144 @@
+//! A tracing session: the loaded programs, the ring reader, the socket
+//! tracker and the aggregator, wired together. `watch` and the daemon drive
+//! one; it knows nothing of terminals or HTTP.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+
+use crate::aggregate::{Aggregator, AggregatorConfig, CensusView, attribute};
+use crate::census::NetnsCensus;
+use crate::cli::TraceArgs;
+use crate::clock::Clock;
+use crate::event;
+use crate::loader::{Attachment, Tracer};
+use crate::reader::Reader;
+use crate::reasons::ResetReasons;
+use crate::snapshot::{AcceptQueue, Snapshot};
+use crate::tcp::TcpState;
+use crate::track::{Origin, Tracker};
+
+/// Live sockets followed at most; beyond, new sockets are counted untracked.
+pub const MAX_TRACKED_SOCKETS: usize = 1 << 20;
+
+pub struct Session {
+    pub tracer: Tracer,
+    pub reader: Reader,
+    pub tracker: Tracker,
+    pub agg: Aggregator,
+    pub reasons: ResetReasons,
+    pub clock: Clock,
+    /// Sockets are keyed by cookie, the same id sock_diag reports, so the
+    /// census can seed and prune the tracker (not so with classic hooks).
+    cookies: bool,
+}
+
+impl Session {
+    pub fn start(trace: &TraceArgs, cfg: AggregatorConfig) -> Result<Self> {
+        let mut tracer = Tracer::load(trace.tracer_config())?;
+        let reasons = ResetReasons::from_btf_file(&trace.btf).unwrap_or_else(|e| {
+            log::warn!("reset reasons will print as numbers: {e:#}");
+            ResetReasons::default()
+        });
+        let reader = Reader::new(tracer.take_rings(), trace.poll_interval)?;
+        let cookies = tracer
+            .attached
+            .iter()
+            .any(|(name, how)| *name == "inet_sock_set_state" && *how == Attachment::Btf);
+        Ok(Self {
+            tracer,
+            reader,
+            tracker: Tracker::new(MAX_TRACKED_SOCKETS),
+            agg: Aggregator::new(cfg, Clock::monotonic_now_ns()),
+            reasons,
+            clock: Clock::now(),
+            cookies,
+        })
+    }
+
+    /// Decodes, tracks and aggregates everything waiting in the rings, and
+    /// refreshes the lost count. Returns the number of records.
+    pub fn drain(&mut self) -> Result<usize> {
+        let (tracker, agg) = (&mut self.tracker, &mut self.agg);
+        let n = self.reader.drain(|bytes| match event::decode(bytes) {
+            Ok(ev) => {
+                let note = tracker.observe(&ev);
+                agg.add(&ev, &note, tracker);
+            }
+            Err(e) => {
+                log::debug!("undecodable record: {e}");
+                agg.add_undecodable(1);
+            }
+        });
+        self.agg.set_lost(self.tracer.lost_events()?);
+        Ok(n)
+    }
+
+    pub fn snapshot(&mut self) -> Snapshot {
+        let now = Clock::monotonic_now_ns();
+        let time = self.clock.wall(now).to_string();
+        self.agg.snapshot(&self.tracker, now, time, &self.reasons)
+    }
+
+    /// Seeds the tracker with sockets that predate tracing. Call once, right
+    /// after start: their time in state is unknown, only "at least since now".
+    pub fn seed(&mut self, census: &[NetnsCensus], seen_ns: u64) {
+        if !self.cookies {
+            log::info!("classic tracepoints key sockets by address: census seeding skipped");
+            return;
+        }
+        for ns in census {
+            for s in ns.sockets.iter().filter(|s| !s.timewait && s.state != TcpState::NewSynRecv) {
+                self.tracker.seed(s.cookie, s.state, ns.inode, s.local, s.remote, seen_ns);
+            }
+        }
+    }
+
+    /// Applies a periodic census taken starting at `started_ns`: TIME_WAIT and
+    /// orphaned FIN_WAIT2 counts, accept queues, and pruning of tracked sockets
+    /// whose CLOSE was never seen.
+    pub fn apply_census(&mut self, census: &[NetnsCensus], started_ns: u64) {
+        let only = self.agg.config().netns;
+        let view = census_view(census, &self.tracker, only);
+        self.agg.set_census(view);
+        if self.cookies {
+            let alive: HashSet<u64> =
+                census.iter().flat_map(|ns| ns.sockets.iter().map(|s| s.cookie)).collect();
+            let pruned = self.tracker.retain_census(&alive, started_ns);
+            if pruned > 0 {
+                log::debug!("pruned {pruned} tracked sockets the census no longer sees");
+            }
+        }
+    }
+}
+
+/// What sock_diag adds to the aggregates: timewait sockets per port and
+/// state with their oldest age, and listener accept queues.
+pub fn census_view(census: &[NetnsCensus], tracker: &Tracker, only: Option<u32>) -> CensusView {
+    let mut view = CensusView::default();
+    for ns in census.iter().filter(|ns| only.is_none_or(|n| n == ns.inode)) {
+        for s in &ns.sockets {
+            if s.timewait {
+                let listens = tracker.is_listener(ns.inode, s.local.port());
+                let (port, dir) = attribute(Origin::Unknown, &s.local, &s.remote, listens);
+                let age = s.age_ms(ns.fin_timeout_ms).unwrap_or(0);
+                let entry = view.timewait.entry((port, dir, s.state)).or_insert((0, 0));
+                entry.0 += 1;
+                entry.1 = entry.1.max(age);
+            } else if s.state == TcpState::Listen {
+                let q = view.accept_queues.entry(s.local.port()).or_insert(AcceptQueue { len: 0, max: 0 });
+                q.len += s.recv_q;
+                q.max += s.send_q;
+            }
+        }
+    }
+    view
+}
+
+/// net.ipv4.tcp_synack_retries of this namespace (5 if unreadable).
+pub fn synack_retries() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_synack_retries")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(5)
+}

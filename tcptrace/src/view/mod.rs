@@ -1,0 +1,529 @@
+//! Views of a [`Snapshot`]: the plain-text table ([`table`]) and the live
+//! full-screen view ([`tui`]). Both are pure renderings of snapshots.
+//!
+//! This module holds what they share, so that `watch`, `watch --once` and a
+//! piped `watch` show the same columns with the same numbers: the options
+//! ([`TableOptions`]), which rows are shown in which order ([`rows`]), the
+//! cells of a row ([`columns`], [`cells`]) and per-second [`rates`] from two
+//! consecutive snapshots.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::snapshot::{Direction, PortSnapshot, Snapshot};
+use crate::tcp::TcpState;
+
+mod drill;
+#[cfg(test)]
+mod fixtures;
+pub mod human;
+pub mod table;
+pub mod terminal;
+pub mod tui;
+
+/// The states with a live-count column, in the order a connection meets them,
+/// with their column headers.
+pub const STATES: [(TcpState, &str); 9] = [
+    (TcpState::SynSent, "SYN_S"),
+    (TcpState::SynRecv, "SYN_R"),
+    (TcpState::Established, "ESTAB"),
+    (TcpState::FinWait1, "FIN_W1"),
+    (TcpState::FinWait2, "FIN_W2"),
+    (TcpState::TimeWait, "TIME_W"),
+    (TcpState::CloseWait, "CLOSE_W"),
+    (TcpState::LastAck, "LAST_ACK"),
+    (TcpState::Closing, "CLOSING"),
+];
+
+/// The state whose dwell the table shows unless told otherwise.
+///
+/// ESTABLISHED, because every connection that carries traffic passes through
+/// it, so every active port has numbers here, and its dwell is the connection
+/// lifetime: what changes first when peers reset, time out or hang (compare
+/// it with idle and keepalive timeouts). The pathological piles (CLOSE_WAIT,
+/// SYN_RECV, FIN_WAIT2) already stand out in the live-count columns; one key
+/// (`d`) or `--dwell` switches the dwell columns to them.
+pub const DEFAULT_DWELL_STATE: TcpState = TcpState::Established;
+
+/// What to show and in which order; shared by the table and the live view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableOptions {
+    pub sort: SortKey,
+    /// Reverse the sort's natural order (ports ascending, counts descending).
+    pub reverse: bool,
+    /// The state whose dwell (p50/p99/max) and oldest age are shown.
+    pub dwell_state: TcpState,
+    /// Only these ports; empty shows all. The "other" row is then hidden,
+    /// since it is not any of them.
+    pub ports: Vec<u16>,
+    /// Only rows of this direction.
+    pub direction: Option<Direction>,
+}
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        Self {
+            sort: SortKey::Port,
+            reverse: false,
+            dwell_state: DEFAULT_DWELL_STATE,
+            ports: Vec::new(),
+            direction: None,
+        }
+    }
+}
+
+/// A column rows can be sorted by. Port sorts ascending, everything else
+/// largest first, ties by port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    Port,
+    /// Connections waiting for accept().
+    AcceptQueue,
+    /// Sockets in a state now.
+    Now(TcpState),
+    Transitions,
+    TransitionRate,
+    DwellP50,
+    DwellP99,
+    DwellMax,
+    /// Age of the oldest socket in the dwell state.
+    Oldest,
+    SynackRetrans,
+    ResetsSent,
+    ResetsReceived,
+}
+
+impl SortKey {
+    /// In column order, which is also the order `s` cycles through.
+    pub const ALL: [SortKey; 20] = [
+        Self::Port,
+        Self::AcceptQueue,
+        Self::Now(STATES[0].0),
+        Self::Now(STATES[1].0),
+        Self::Now(STATES[2].0),
+        Self::Now(STATES[3].0),
+        Self::Now(STATES[4].0),
+        Self::Now(STATES[5].0),
+        Self::Now(STATES[6].0),
+        Self::Now(STATES[7].0),
+        Self::Now(STATES[8].0),
+        Self::Transitions,
+        Self::TransitionRate,
+        Self::DwellP50,
+        Self::DwellP99,
+        Self::DwellMax,
+        Self::Oldest,
+        Self::SynackRetrans,
+        Self::ResetsSent,
+        Self::ResetsReceived,
+    ];
+
+    /// The header of the column it sorts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Port => "PORT",
+            Self::AcceptQueue => "LISTEN",
+            Self::Now(st) => STATES
+                .iter()
+                .find(|(s, _)| *s == st)
+                .map_or_else(|| st.name(), |(_, h)| h),
+            Self::Transitions => "TRANS",
+            Self::TransitionRate => "/s",
+            Self::DwellP50 => "p50",
+            Self::DwellP99 => "p99",
+            Self::DwellMax => "max",
+            Self::Oldest => "oldest",
+            Self::SynackRetrans => "SA_RETX",
+            Self::ResetsSent => "RST_OUT",
+            Self::ResetsReceived => "RST_IN",
+        }
+    }
+
+    /// The next (`step` 1) or previous (`step` -1) key in column order.
+    pub fn cycle(self, step: isize) -> Self {
+        let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0);
+        Self::ALL[(i as isize + step).rem_euclid(Self::ALL.len() as isize) as usize]
+    }
+}
+
+impl fmt::Display for SortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Parses a column header (`trans`, `rst_sent`, `close_w`, `p99`), a state
+/// name (`close-wait`: its live count) or `rate` for `/s`.
+impl FromStr for SortKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let norm = |x: &str| x.to_ascii_lowercase().replace('-', "_");
+        let want = norm(s);
+        if want == "rate" {
+            return Ok(Self::TransitionRate);
+        }
+        if let Some(k) = Self::ALL.into_iter().find(|k| norm(k.name()) == want) {
+            return Ok(k);
+        }
+        match s.parse::<TcpState>() {
+            Ok(st) if STATES.iter().any(|(x, _)| *x == st) => Ok(Self::Now(st)),
+            _ => {
+                let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
+                Err(format!(
+                    "unknown sort column '{s}' (one of {}, rate)",
+                    names.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// A row's identity across snapshots.
+pub type RowKey = (Option<u16>, Direction);
+
+pub fn key(row: &PortSnapshot) -> RowKey {
+    (row.port, row.direction)
+}
+
+/// The port as shown: its number, or `other` for the folded row.
+pub fn port_label(port: Option<u16>) -> String {
+    port.map_or_else(|| "other".to_string(), |p| p.to_string())
+}
+
+/// Per-second rates of one row.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PortRates {
+    pub transitions: f64,
+    pub synack_retrans: f64,
+    pub resets_sent: f64,
+    pub resets_received: f64,
+}
+
+/// Rates between two snapshots.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rates {
+    /// The window, in seconds.
+    pub interval_s: f64,
+    /// False when averaged over the whole run because there was no usable
+    /// previous snapshot.
+    pub windowed: bool,
+    pub events: f64,
+    pub lost: f64,
+    pub ports: BTreeMap<RowKey, PortRates>,
+}
+
+impl Rates {
+    /// The rates of `row`; zero for a row absent from `cur`.
+    pub fn of(&self, row: &PortSnapshot) -> PortRates {
+        self.ports.get(&key(row)).copied().unwrap_or_default()
+    }
+}
+
+/// Per-second rates from two consecutive snapshots, over the difference of
+/// their `uptime_s`. A port new in `cur` counts from 0; a counter that went
+/// backwards (a row folded and unfolded) counts as 0, never negative. `None`
+/// when uptime did not advance.
+pub fn rates(prev: &Snapshot, cur: &Snapshot) -> Option<Rates> {
+    let dt = cur.uptime_s - prev.uptime_s;
+    if !(dt.is_finite() && dt > 0.0) {
+        return None;
+    }
+    let per_s = |now: u64, before: u64| now.saturating_sub(before) as f64 / dt;
+    let ports = cur
+        .ports
+        .iter()
+        .map(|p| {
+            let before = prev.ports.iter().find(|q| key(q) == key(p));
+            let was = |f: fn(&PortSnapshot) -> u64| before.map_or(0, f);
+            let rates = PortRates {
+                transitions: per_s(p.transitions, was(|q| q.transitions)),
+                synack_retrans: per_s(p.synack_retrans, was(|q| q.synack_retrans)),
+                resets_sent: per_s(p.resets_sent_total(), was(PortSnapshot::resets_sent_total)),
+                resets_received: per_s(resets_received(p), was(resets_received)),
+            };
+            (key(p), rates)
+        })
+        .collect();
+    Some(Rates {
+        interval_s: dt,
+        windowed: true,
+        events: per_s(cur.events.total, prev.events.total),
+        lost: per_s(cur.events.lost, prev.events.lost),
+        ports,
+    })
+}
+
+/// [`rates`] against `prev`, or, without a usable `prev`, averages since
+/// tracing started (as if from an empty snapshot at uptime 0).
+pub fn rates_or_average(prev: Option<&Snapshot>, cur: &Snapshot) -> Rates {
+    prev.and_then(|p| rates(p, cur))
+        .or_else(|| {
+            rates(&Snapshot::default(), cur).map(|r| Rates {
+                windowed: false,
+                ..r
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Resets received, all states.
+pub fn resets_received(row: &PortSnapshot) -> u64 {
+    row.resets_received.values().sum()
+}
+
+/// The reason with the most resets sent, summed over the states before.
+pub fn top_reset_reason(row: &PortSnapshot) -> Option<&str> {
+    let mut by_reason: Vec<(&str, u64)> = Vec::new();
+    for r in &row.resets_sent {
+        match by_reason.iter_mut().find(|(n, _)| *n == r.reason) {
+            Some((_, c)) => *c += r.count,
+            None => by_reason.push((&r.reason, r.count)),
+        }
+    }
+    // max_by_key keeps the last of equals; reversing keeps the first listed.
+    by_reason
+        .into_iter()
+        .rev()
+        .max_by_key(|(_, c)| *c)
+        .map(|(n, _)| n)
+}
+
+/// The rows `opts` selects, in its order; the "other" row stays last.
+pub fn rows<'a>(snap: &'a Snapshot, rates: &Rates, opts: &TableOptions) -> Vec<&'a PortSnapshot> {
+    let mut rows: Vec<&PortSnapshot> = snap
+        .ports
+        .iter()
+        .filter(|p| opts.direction.is_none_or(|d| p.direction == d))
+        .filter(|p| opts.ports.is_empty() || p.port.is_some_and(|port| opts.ports.contains(&port)))
+        .collect();
+    let (mut other, mut named): (Vec<_>, Vec<_>) = rows.drain(..).partition(|p| p.port.is_none());
+    let value = |p: &PortSnapshot| sort_value(opts.sort, p, rates.of(p), opts.dwell_state);
+    named.sort_by(|a, b| {
+        let by_key = (a.port, a.direction).cmp(&(b.port, b.direction));
+        if opts.sort == SortKey::Port {
+            by_key
+        } else {
+            value(b).total_cmp(&value(a)).then(by_key)
+        }
+    });
+    if opts.reverse {
+        named.reverse();
+    }
+    named.append(&mut other);
+    named
+}
+
+/// The number a row sorts by; absent values (no dwell samples) sort below 0.
+fn sort_value(key: SortKey, row: &PortSnapshot, rates: PortRates, dwell: TcpState) -> f64 {
+    let dwell_us = |f: fn(&crate::snapshot::Dwell) -> u64| {
+        row.states
+            .get(&dwell)
+            .and_then(|s| s.dwell.as_ref())
+            .map_or(-1.0, |d| f(d) as f64)
+    };
+    match key {
+        SortKey::Port => row.port.map_or(f64::MAX, f64::from),
+        SortKey::AcceptQueue => row.accept_queue.map_or(-1.0, |q| f64::from(q.len)),
+        SortKey::Now(st) => row.now(st) as f64,
+        SortKey::Transitions => row.transitions as f64,
+        SortKey::TransitionRate => rates.transitions,
+        SortKey::DwellP50 => dwell_us(|d| d.p50_us),
+        SortKey::DwellP99 => dwell_us(|d| d.p99_us),
+        SortKey::DwellMax => dwell_us(|d| d.max_us),
+        SortKey::Oldest => row
+            .states
+            .get(&dwell)
+            .and_then(|s| s.oldest_s)
+            .unwrap_or(-1.0),
+        SortKey::SynackRetrans => row.synack_retrans as f64,
+        SortKey::ResetsSent => row.resets_sent_total() as f64,
+        SortKey::ResetsReceived => resets_received(row) as f64,
+    }
+}
+
+/// How a cell's text lines up in its column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// What a renderer may do with a cell: dim it (zero, nothing to see) or
+/// draw attention to it (a full accept queue). The text table ignores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tone {
+    Normal,
+    Quiet,
+    Alert,
+}
+
+/// A column of the per-port table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub header: &'static str,
+    pub align: Align,
+    /// The sort key this column corresponds to, if any.
+    pub sort: Option<SortKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cell {
+    pub text: String,
+    pub tone: Tone,
+}
+
+impl Cell {
+    fn new(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            tone: Tone::Normal,
+        }
+    }
+
+    fn count(n: u64) -> Self {
+        Self {
+            text: n.to_string(),
+            tone: if n == 0 { Tone::Quiet } else { Tone::Normal },
+        }
+    }
+
+    fn missing() -> Self {
+        Self {
+            text: "-".to_string(),
+            tone: Tone::Quiet,
+        }
+    }
+}
+
+/// The columns of the per-port table. The dwell columns (p50, p99, max,
+/// oldest) are about the dwell state, which the header line names.
+pub fn columns() -> Vec<Column> {
+    let col = |header, align, sort| Column {
+        header,
+        align,
+        sort,
+    };
+    let mut cols = vec![
+        col("PORT", Align::Right, Some(SortKey::Port)),
+        col("DIR", Align::Left, None),
+        col("LISTEN", Align::Right, Some(SortKey::AcceptQueue)),
+    ];
+    for (st, header) in STATES {
+        cols.push(col(header, Align::Right, Some(SortKey::Now(st))));
+    }
+    for key in &SortKey::ALL[11..] {
+        cols.push(col(key.name(), Align::Right, Some(*key)));
+    }
+    cols.push(col("RST_REASON", Align::Left, None));
+    cols
+}
+
+/// The cells of one row, matching [`columns`].
+pub fn cells(row: &PortSnapshot, rates: PortRates, dwell_state: TcpState) -> Vec<Cell> {
+    let listen = match (row.accept_queue, row.listening) {
+        (Some(q), _) => Cell {
+            text: format!("{}/{}", q.len, q.max),
+            // A full queue drops SYNs or final ACKs: worth a glance.
+            tone: if q.len >= q.max && q.max > 0 {
+                Tone::Alert
+            } else {
+                Tone::Normal
+            },
+        },
+        (None, true) => Cell::new("yes"),
+        (None, false) => Cell::missing(),
+    };
+    let mut out = vec![
+        Cell::new(port_label(row.port)),
+        Cell::new(row.direction.name()),
+        listen,
+    ];
+    out.extend(STATES.iter().map(|(st, _)| Cell::count(row.now(*st))));
+    out.push(Cell::count(row.transitions));
+    out.push(Cell {
+        text: human::rate(rates.transitions),
+        tone: if rates.transitions > 0.0 {
+            Tone::Normal
+        } else {
+            Tone::Quiet
+        },
+    });
+    let state = row.states.get(&dwell_state);
+    match state.and_then(|s| s.dwell.as_ref()) {
+        Some(d) => {
+            out.extend([d.p50_us, d.p99_us, d.max_us].map(|us| Cell::new(human::duration_us(us))))
+        }
+        None => out.extend([Cell::missing(), Cell::missing(), Cell::missing()]),
+    }
+    out.push(
+        match state.and_then(|s| s.oldest_s.map(|o| (o, s.oldest_exact))) {
+            Some((s, exact)) => Cell::new(human::age(s, exact)),
+            None => Cell::missing(),
+        },
+    );
+    out.push(Cell::count(row.synack_retrans));
+    out.push(Cell::count(row.resets_sent_total()));
+    out.push(Cell::count(resets_received(row)));
+    out.push(top_reset_reason(row).map_or_else(Cell::missing, Cell::new));
+    out
+}
+
+/// The widths that fit each column's header and every row's cell.
+pub fn widths(columns: &[Column], rows: &[Vec<Cell>]) -> Vec<usize> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|cell| human::width(&cell.text))
+                .fold(human::width(c.header), usize::max)
+        })
+        .collect()
+}
+
+/// `text` padded to `width` on the side `align` says.
+pub fn pad(text: &str, width: usize, align: Align) -> String {
+    let fill = " ".repeat(width.saturating_sub(human::width(text)));
+    match align {
+        Align::Left => format!("{text}{fill}"),
+        Align::Right => format!("{fill}{text}"),
+    }
+}
+
+/// The summary every view starts with, in three parts so that a renderer can
+/// colour the middle one: before LOST, LOST, after. LOST is always there,
+/// capitalised, because every count after lost events is incomplete;
+/// undecodable records only when there are any (a bug, not a load problem).
+pub fn totals(snap: &Snapshot, rates: &Rates) -> [String; 3] {
+    let e = &snap.events;
+    let window = if rates.windowed {
+        format!("last {}", human::duration_s(rates.interval_s))
+    } else {
+        "avg".to_string()
+    };
+    let before = format!(
+        "up {}  events {} ({}/s {window})",
+        human::duration_s(snap.uptime_s),
+        e.total,
+        human::rate(rates.events),
+    );
+    let mut after = format!(
+        "untracked {}  folded ports {}  sockets {}",
+        e.untracked, e.folded_ports, snap.sockets_tracked
+    );
+    if e.undecodable > 0 {
+        after.push_str(&format!("  undecodable {}", e.undecodable));
+    }
+    [before, format!("LOST {}", e.lost), after]
+}
+
+/// [`totals`] as one line.
+pub fn totals_line(snap: &Snapshot, rates: &Rates) -> String {
+    totals(snap, rates).join("  ")
+}
+
+#[cfg(test)]
+mod tests;
