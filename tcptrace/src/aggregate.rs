@@ -213,6 +213,18 @@ impl Aggregator {
         self.census = census;
     }
 
+    pub fn census(&self) -> &CensusView {
+        &self.census
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.counts.lost
+    }
+
+    pub fn undecodable(&self) -> u64 {
+        self.counts.undecodable
+    }
+
     fn key(&mut self, port: u16, direction: Direction) -> PortKey {
         let key = PortKey {
             port: Some(port),

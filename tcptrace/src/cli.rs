@@ -16,9 +16,10 @@ use crate::tcp::TcpState;
     about = "Trace the kernel's TCP state machine: dwell times, SYN-ACK retransmits and resets, per port"
 )]
 pub struct Cli {
-    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
-    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
-    pub log_level: log::LevelFilter,
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace);
+    /// default warn, info for the daemon.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<log::LevelFilter>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,6 +30,11 @@ pub enum Command {
     /// retransmits, resets and their causes. Full-screen on a terminal; a
     /// plain table (or JSON) otherwise or with --once.
     Watch(WatchArgs),
+    /// Run for the long haul: a per-port report every interval, and a
+    /// Prometheus endpoint (/metrics, /healthz). Foreground, systemd-friendly.
+    /// Signals: TERM/INT final report and exit, HUP reopen --output, USR1
+    /// report now.
+    Daemon(DaemonArgs),
     /// Stream every TCP event: state changes with time in the old state,
     /// SYN-ACK retransmits, retransmits and resets with their cause.
     Events(EventsArgs),
@@ -127,6 +133,57 @@ pub struct WatchArgs {
     pub census_interval: Duration,
     #[command(flatten)]
     pub trace: TraceArgs,
+}
+
+/// Daemon flags. Each overrides the same key of `--config`; unset ones take
+/// the file's value or the default shown.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// TOML file with any of the keys below (interval = "60s", listen = "...", ...).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Time between reports [default: 60s].
+    #[arg(long, short = 'i', value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Option<Duration>,
+    /// Report format [default: text].
+    #[arg(long, value_enum)]
+    pub format: Option<crate::report::Format>,
+    /// Append reports to FILE (flushed and fsynced each time; reopened on
+    /// SIGHUP for log rotation) instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Address of the Prometheus endpoint [default: 127.0.0.1:9911]. Any other
+    /// address, e.g. 0.0.0.0:9911, must be given explicitly.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Once attached, drop to this user and give up every capability.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Only these ports in reports and metrics (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only this network namespace (inode).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+    /// Distinct (port, direction) rows before the rest fold into "other" [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_ports: Option<usize>,
+    /// SYN-ACK retransmits that make an incomplete handshake a failure
+    /// [default: net.ipv4.tcp_synack_retries].
+    #[arg(long, value_name = "N")]
+    pub synack_retries: Option<u32>,
+    /// How often sock_diag is asked for TIME_WAIT and accept queues [default: 10s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub census_interval: Option<Duration>,
+    /// Ring buffer size, a power of two [default: 4M].
+    #[arg(long, value_parser = parse_ring_size, value_name = "BYTES")]
+    pub ring_size: Option<u32>,
+    /// Tracepoint flavour [default: auto].
+    #[arg(long, value_enum)]
+    pub hooks: Option<HookMode>,
+    /// Drain interval of the ring buffer [default: 10ms].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub poll_interval: Option<Duration>,
 }
 
 /// `--direction` values.
@@ -234,7 +291,9 @@ mod tests {
             "-6",
         ])
         .unwrap();
-        let Command::Events(a) = cli.command else { panic!("events") };
+        let Command::Events(a) = cli.command else {
+            panic!("events")
+        };
         assert!(a.json && a.ipv6 && !a.ipv4);
         assert_eq!(a.ports, [80, 443]);
         assert_eq!(a.states, [TcpState::CloseWait]);
@@ -246,13 +305,30 @@ mod tests {
     #[test]
     fn cli_parses_watch() {
         let cli = Cli::try_parse_from(["tcptrace", "watch"]).unwrap();
-        let Command::Watch(w) = cli.command else { panic!("watch") };
-        assert_eq!((w.interval, w.once, w.max_ports, w.json), (Duration::from_secs(1), None, 4096, false));
+        let Command::Watch(w) = cli.command else {
+            panic!("watch")
+        };
+        assert_eq!(
+            (w.interval, w.once, w.max_ports, w.json),
+            (Duration::from_secs(1), None, 4096, false)
+        );
         let cli = Cli::try_parse_from([
-            "tcptrace", "watch", "--once", "5s", "--json", "-p", "8080", "--direction", "in", "-i", "250ms",
+            "tcptrace",
+            "watch",
+            "--once",
+            "5s",
+            "--json",
+            "-p",
+            "8080",
+            "--direction",
+            "in",
+            "-i",
+            "250ms",
         ])
         .unwrap();
-        let Command::Watch(w) = cli.command else { panic!("watch") };
+        let Command::Watch(w) = cli.command else {
+            panic!("watch")
+        };
         assert_eq!(w.once, Some(Duration::from_secs(5)));
         assert_eq!((w.ports, w.direction), (vec![8080], Some(DirectionArg::In)));
         assert_eq!(w.interval, Duration::from_millis(250));

@@ -14,9 +14,9 @@ use crate::format;
 use crate::loader::Tracer;
 use crate::reader::Reader;
 use crate::reasons::ResetReasons;
+use crate::session::MAX_TRACKED_SOCKETS;
 use crate::signals::Shutdown;
 use crate::tcp::Family;
-use crate::session::MAX_TRACKED_SOCKETS;
 use crate::track::Tracker;
 
 /// Counts kept for the closing summary.

@@ -6,18 +6,22 @@
 //! decodes records into typed events once, [`track`] follows live sockets
 //! (time in state, owner, origin), and the commands render what they learn.
 
+pub mod aggregate;
 pub mod census;
 pub mod cli;
-pub mod aggregate;
 pub mod clock;
+pub mod config;
+pub mod daemon;
 pub mod event;
 pub mod events;
 pub mod filter;
 pub mod format;
 pub mod loader;
 pub mod metrics;
+pub mod privileges;
 pub mod reader;
 pub mod reasons;
+pub mod report;
 pub mod session;
 pub mod signals;
 pub mod snapshot;

@@ -136,7 +136,9 @@ impl Tracer {
         }
         raise_memlock();
         let btf = Btf::from_sys_fs().context("read the kernel's BTF")?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("count possible CPUs")?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("count possible CPUs")?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .map_max_entries(names::EVENTS_MAP, config.ring_bytes)
@@ -177,7 +179,11 @@ impl Tracer {
 
     /// "tp_btf/inet_sock_set_state, ..." for messages.
     pub fn describe(&self) -> String {
-        let hooks: Vec<String> = self.attached.iter().map(|(n, how)| format!("{how}/{n}")).collect();
+        let hooks: Vec<String> = self
+            .attached
+            .iter()
+            .map(|(n, how)| format!("{how}/{n}"))
+            .collect();
         hooks.join(", ")
     }
 
@@ -215,13 +221,25 @@ impl LostCounter {
         // SAFETY: a read-only shared mapping of a BPF_F_MMAPABLE array map's
         // fd, from offset 0, no longer than the map's page-rounded value area.
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), mapped, libc::PROT_READ, libc::MAP_SHARED, fd, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
         };
         if addr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context("mmap the lost map");
         }
         let ptr = std::ptr::NonNull::new(addr.cast::<u64>()).context("mmap returned null")?;
-        Ok(Self { _map: data, ptr, slots, mapped })
+        Ok(Self {
+            _map: data,
+            ptr,
+            slots,
+            mapped,
+        })
     }
 
     fn sum(&self) -> u64 {

@@ -8,10 +8,17 @@ use tcptrace::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Daemon(_) => log::LevelFilter::Info,
+        _ => log::LevelFilter::Warn,
+    };
+    // The logger passes everything; the global max level filters, so that
+    // the daemon's config file can still change it.
     env_logger::Builder::new()
-        .filter_level(cli.log_level)
+        .filter_level(log::LevelFilter::Trace)
         .format_target(false)
         .init();
+    log::set_max_level(cli.log_level.unwrap_or(default_level));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -26,13 +33,19 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Events(args) => tcptrace::events::run(args).await,
             Command::Watch(args) => tcptrace::watch::run(args).await,
+            Command::Daemon(args) => tcptrace::daemon::run(args, cli.log_level).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tcptrace: error: {e:#}");
-            ExitCode::FAILURE
+            // A bad configuration is a usage error, like a bad flag.
+            if e.downcast_ref::<tcptrace::config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -21,6 +21,13 @@ use crate::track::{Origin, Tracker};
 /// Live sockets followed at most; beyond, new sockets are counted untracked.
 pub const MAX_TRACKED_SOCKETS: usize = 1 << 20;
 
+struct Interval {
+    agg: Aggregator,
+    started_ns: u64,
+    lost_at_start: u64,
+    undecodable_at_start: u64,
+}
+
 pub struct Session {
     pub tracer: Tracer,
     pub reader: Reader,
@@ -28,6 +35,9 @@ pub struct Session {
     pub agg: Aggregator,
     pub reasons: ResetReasons,
     pub clock: Clock,
+    /// A second aggregator that starts afresh every report interval (the
+    /// daemon's reports), beside the cumulative one (watch, /metrics).
+    interval: Option<Interval>,
     /// Sockets are keyed by cookie, the same id sock_diag reports, so the
     /// census can seed and prune the tracker (not so with classic hooks).
     cookies: bool,
@@ -52,6 +62,7 @@ impl Session {
             agg: Aggregator::new(cfg, Clock::monotonic_now_ns()),
             reasons,
             clock: Clock::now(),
+            interval: None,
             cookies,
         })
     }
@@ -60,17 +71,25 @@ impl Session {
     /// refreshes the lost count. Returns the number of records.
     pub fn drain(&mut self) -> Result<usize> {
         let (tracker, agg) = (&mut self.tracker, &mut self.agg);
+        let mut interval = self.interval.as_mut().map(|i| &mut i.agg);
         let n = self.reader.drain(|bytes| match event::decode(bytes) {
             Ok(ev) => {
                 let note = tracker.observe(&ev);
                 agg.add(&ev, &note, tracker);
+                if let Some(i) = interval.as_deref_mut() {
+                    i.add(&ev, &note, tracker);
+                }
             }
             Err(e) => {
                 log::debug!("undecodable record: {e}");
                 agg.add_undecodable(1);
             }
         });
-        self.agg.set_lost(self.tracer.lost_events()?);
+        let lost = self.tracer.lost_events()?;
+        self.agg.set_lost(lost);
+        if let Some(i) = &mut self.interval {
+            i.agg.set_lost(lost - i.lost_at_start);
+        }
         Ok(n)
     }
 
@@ -78,6 +97,35 @@ impl Session {
         let now = Clock::monotonic_now_ns();
         let time = self.clock.wall(now).to_string();
         self.agg.snapshot(&self.tracker, now, time, &self.reasons)
+    }
+
+    /// Starts keeping per-interval aggregates beside the cumulative ones.
+    pub fn start_intervals(&mut self) {
+        self.interval = Some(self.new_interval());
+    }
+
+    fn new_interval(&self) -> Interval {
+        let now = Clock::monotonic_now_ns();
+        Interval {
+            agg: Aggregator::new(self.agg.config().clone(), now),
+            started_ns: now,
+            lost_at_start: self.agg.lost(),
+            undecodable_at_start: self.agg.undecodable(),
+        }
+    }
+
+    /// The snapshot of the interval that ends now (its duration in seconds),
+    /// and a new interval begins. Sockets and census are the current ones.
+    pub fn end_interval(&mut self) -> Option<(Snapshot, f64)> {
+        let next = self.new_interval();
+        let mut done = std::mem::replace(self.interval.as_mut()?, next);
+        let now = Clock::monotonic_now_ns();
+        let time = self.clock.wall(now).to_string();
+        done.agg.set_census(self.agg.census().clone());
+        done.agg
+            .add_undecodable(self.agg.undecodable() - done.undecodable_at_start);
+        let snap = done.agg.snapshot(&self.tracker, now, time, &self.reasons);
+        Some((snap, now.saturating_sub(done.started_ns) as f64 / 1e9))
     }
 
     /// Seeds the tracker with sockets that predate tracing. Call once, right
@@ -88,8 +136,13 @@ impl Session {
             return;
         }
         for ns in census {
-            for s in ns.sockets.iter().filter(|s| !s.timewait && s.state != TcpState::NewSynRecv) {
-                self.tracker.seed(s.cookie, s.state, ns.inode, s.local, s.remote, seen_ns);
+            for s in ns
+                .sockets
+                .iter()
+                .filter(|s| !s.timewait && s.state != TcpState::NewSynRecv)
+            {
+                self.tracker
+                    .seed(s.cookie, s.state, ns.inode, s.local, s.remote, seen_ns);
             }
         }
     }
@@ -102,8 +155,10 @@ impl Session {
         let view = census_view(census, &self.tracker, only);
         self.agg.set_census(view);
         if self.cookies {
-            let alive: HashSet<u64> =
-                census.iter().flat_map(|ns| ns.sockets.iter().map(|s| s.cookie)).collect();
+            let alive: HashSet<u64> = census
+                .iter()
+                .flat_map(|ns| ns.sockets.iter().map(|s| s.cookie))
+                .collect();
             let pruned = self.tracker.retain_census(&alive, started_ns);
             if pruned > 0 {
                 log::debug!("pruned {pruned} tracked sockets the census no longer sees");
@@ -116,7 +171,10 @@ impl Session {
 /// state with their oldest age, and listener accept queues.
 pub fn census_view(census: &[NetnsCensus], tracker: &Tracker, only: Option<u32>) -> CensusView {
     let mut view = CensusView::default();
-    for ns in census.iter().filter(|ns| only.is_none_or(|n| n == ns.inode)) {
+    for ns in census
+        .iter()
+        .filter(|ns| only.is_none_or(|n| n == ns.inode))
+    {
         for s in &ns.sockets {
             if s.timewait {
                 let listens = tracker.is_listener(ns.inode, s.local.port());
@@ -126,7 +184,10 @@ pub fn census_view(census: &[NetnsCensus], tracker: &Tracker, only: Option<u32>)
                 entry.0 += 1;
                 entry.1 = entry.1.max(age);
             } else if s.state == TcpState::Listen {
-                let q = view.accept_queues.entry(s.local.port()).or_insert(AcceptQueue { len: 0, max: 0 });
+                let q = view
+                    .accept_queues
+                    .entry(s.local.port())
+                    .or_insert(AcceptQueue { len: 0, max: 0 });
                 q.len += s.recv_q;
                 q.max += s.send_q;
             }

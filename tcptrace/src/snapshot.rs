@@ -167,7 +167,9 @@ pub struct StuckSocket {
 impl Snapshot {
     /// The row for (port, direction), if present.
     pub fn port(&self, port: u16, direction: Direction) -> Option<&PortSnapshot> {
-        self.ports.iter().find(|p| p.port == Some(port) && p.direction == direction)
+        self.ports
+            .iter()
+            .find(|p| p.port == Some(port) && p.direction == direction)
     }
 }
 

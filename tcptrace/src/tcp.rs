@@ -102,7 +102,10 @@ impl<'de> Deserialize<'de> for TcpState {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         if let Some(n) = s.strip_prefix("STATE_") {
-            return n.parse().map(Self::Unknown).map_err(serde::de::Error::custom);
+            return n
+                .parse()
+                .map(Self::Unknown)
+                .map_err(serde::de::Error::custom);
         }
         s.parse().map_err(serde::de::Error::custom)
     }

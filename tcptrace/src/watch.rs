@@ -37,7 +37,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let (started, first) = take_census(args.netns).await;
     match first {
         Ok(c) => session.seed(&c, started),
-        Err(e) => eprintln!("tcptrace: warning: no socket census, pre-existing sockets are not shown: {e:#}"),
+        Err(e) => eprintln!(
+            "tcptrace: warning: no socket census, pre-existing sockets are not shown: {e:#}"
+        ),
     }
     let census_rx = spawn_census(args.netns, args.census_interval);
     let shutdown = Shutdown::install()?;
@@ -139,7 +141,9 @@ async fn run_plain(
     mut shutdown: Shutdown,
 ) -> Result<()> {
     let direction = args.direction.map(Direction::from);
-    let deadline = args.once.map(|d| tokio::time::Instant::from_std(Instant::now() + d));
+    let deadline = args
+        .once
+        .map(|d| tokio::time::Instant::from_std(Instant::now() + d));
     let mut ticker = tokio::time::interval(args.interval);
     ticker.tick().await; // the first tick is immediate
     let mut prev: Option<Snapshot> = None;
@@ -173,7 +177,12 @@ async fn run_plain(
 }
 
 /// Prints one snapshot; true if stdout is gone (`| head`).
-fn emit(out: &mut impl Write, snap: &Snapshot, prev: Option<&Snapshot>, args: &WatchArgs) -> Result<bool> {
+fn emit(
+    out: &mut impl Write,
+    snap: &Snapshot,
+    prev: Option<&Snapshot>,
+    args: &WatchArgs,
+) -> Result<bool> {
     let text = if args.json {
         serde_json::to_string(snap).context("serialise snapshot")?
     } else {

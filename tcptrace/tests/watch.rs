@@ -32,6 +32,10 @@ fn u(v: &Value) -> u64 {
 
 #[test]
 #[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario with five workloads, read top to bottom"
+)]
 fn snapshot_matches_the_workload_and_the_kernel_counters() {
     let ns = Netns::new("watch");
     // Port E: five connections established before tracing starts.
@@ -51,14 +55,20 @@ fn snapshot_matches_the_workload_and_the_kernel_counters() {
     sleep(Duration::from_millis(300)); // the early sockets are at least this old
 
     let synretrans0 = ns.netstat("TcpExt", "TCPSynRetrans");
-    let (rsts0, passive0, active0) =
-        (ns.snmp("Tcp", "OutRsts"), ns.snmp("Tcp", "PassiveOpens"), ns.snmp("Tcp", "ActiveOpens"));
+    let (rsts0, passive0, active0) = (
+        ns.snmp("Tcp", "OutRsts"),
+        ns.snmp("Tcp", "PassiveOpens"),
+        ns.snmp("Tcp", "ActiveOpens"),
+    );
     let inode = ns.inode.to_string();
-    let trace = Trace::start(&["watch", "--once", "5s", "--json", "--netns", &inode], "tcptrace: tracing");
+    let trace = Trace::start(
+        &["watch", "--once", "5s", "--json", "--netns", &inode],
+        "tcptrace: tracing",
+    );
     let traced_at = Instant::now();
 
     // Port A: 50 connections whose server holds CLOSE_WAIT for ~300 ms.
-    let a = ns.spawn(|| {
+    let work_a = ns.spawn(|| {
         let l = listen("127.0.0.1:0");
         let pairs: Vec<(TcpStream, TcpStream)> = (0..50).map(|_| connect_accept(&l)).collect();
         let mut servers = Vec::new();
@@ -72,7 +82,7 @@ fn snapshot_matches_the_workload_and_the_kernel_counters() {
         l.local_addr().unwrap().port()
     });
     // Port B: 20 refused connections.
-    let b = ns.spawn(|| {
+    let work_b = ns.spawn(|| {
         let free = listen("127.0.0.1:0");
         let port = free.local_addr().unwrap().port();
         drop(free);
@@ -82,7 +92,7 @@ fn snapshot_matches_the_workload_and_the_kernel_counters() {
         port
     });
     // Port D: 10 sockets left in CLOSE_WAIT until the snapshot.
-    let d = ns.spawn(|| {
+    let work_d = ns.spawn(|| {
         let l = listen("127.0.0.1:0");
         let mut kept = Vec::new();
         for _ in 0..10 {
@@ -95,16 +105,16 @@ fn snapshot_matches_the_workload_and_the_kernel_counters() {
         (l, kept, held_from)
     });
     // Port C: one handshake that never completes on the server side.
-    let c = ns.spawn(move || {
-        let c = TcpStream::connect(("127.0.0.1", port_c)).unwrap();
+    let work_c = ns.spawn(move || {
+        let client = TcpStream::connect(("127.0.0.1", port_c)).unwrap();
         sleep(Duration::from_millis(3_500));
-        c
+        client
     });
-    let port_a = a.join().unwrap();
-    let port_b = b.join().unwrap();
-    let (listener_d, kept_d, held_from) = d.join().unwrap();
+    let port_a = work_a.join().unwrap();
+    let port_b = work_b.join().unwrap();
+    let (listener_d, kept_d, held_from) = work_d.join().unwrap();
     let port_d = listener_d.local_addr().unwrap().port();
-    let _client_c = c.join().unwrap();
+    let _client_c = work_c.join().unwrap();
     // Kernel counters for the traced period (nothing else runs in this namespace).
     let synretrans = ns.netstat("TcpExt", "TCPSynRetrans") - synretrans0;
     let rsts = ns.snmp("Tcp", "OutRsts") - rsts0;
@@ -117,35 +127,21 @@ fn snapshot_matches_the_workload_and_the_kernel_counters() {
     assert_eq!(snap["events"]["lost"], 0);
     assert_eq!(snap["events"]["untracked"], 0);
 
-    // A: 50 CLOSE_WAIT stays of ~300 ms.
-    let ra = row(&snap, port_a, "in");
-    let cw = state(ra, "CLOSE_WAIT");
-    assert_eq!((u(&cw["entered"]), u(&cw["exits"]["LAST_ACK"])), (50, 50));
-    assert_eq!(u(&cw["dwell"]["count"]), 50);
-    let p50 = u(&cw["dwell"]["p50_us"]);
-    assert!((299_000..600_000).contains(&p50), "CLOSE_WAIT p50 {p50} us");
-    assert_eq!(u(&ra["handshakes"]["completed"]), 50);
-    assert_eq!(u(&state(row(&snap, port_a, "out"), "ESTABLISHED")["exits"]["FIN_WAIT1"]), 50);
-
-    // B: 20 refused connections, seen from both sides.
-    let rb_in = row(&snap, port_b, "in");
-    assert_eq!(rb_in["resets_sent"], serde_json::json!([{"reason": "NO_SOCKET", "state_before": null, "count": 20}]));
-    let rb_out = row(&snap, port_b, "out");
-    assert_eq!(rb_out["resets_received"], serde_json::json!({"SYN_SENT": 20}));
-    assert_eq!(u(&state(rb_out, "SYN_SENT")["exits"]["CLOSE"]), 20);
-
+    assert_close_wait_and_refused(&snap, port_a, port_b);
     // C: SYN-ACK retransmits equal the kernel's count.
     let rc = row(&snap, port_c, "in");
     assert_eq!(u(&rc["synack_retrans"]), synretrans);
     assert_eq!(synretrans, 2);
     assert!(rc["listening"].as_bool().unwrap());
-
     // D: 10 sockets in CLOSE_WAIT now, exact ages.
     let cwd = state(row(&snap, port_d, "in"), "CLOSE_WAIT");
     assert_eq!(u(&cwd["now"]), 10);
     assert!(cwd["oldest_exact"].as_bool().unwrap());
     let age = cwd["oldest_s"].as_f64().unwrap();
-    assert!(age <= snapshot_age_d + 0.05 && age >= snapshot_age_d - 1.0, "age {age} vs held {snapshot_age_d}");
+    assert!(
+        age <= snapshot_age_d + 0.05 && age >= snapshot_age_d - 1.0,
+        "age {age} vs held {snapshot_age_d}"
+    );
     let oldest = row(&snap, port_d, "in")["oldest"].as_array().unwrap();
     assert_eq!(oldest.len(), 10);
     assert_eq!(oldest[0]["pid"], std::process::id());
@@ -156,12 +152,57 @@ fn snapshot_matches_the_workload_and_the_kernel_counters() {
     assert!(!est_e["oldest_exact"].as_bool().unwrap());
     let lower = est_e["oldest_s"].as_f64().unwrap();
     let traced_for = traced_at.elapsed().as_secs_f64();
-    assert!(lower > 4.0 && lower <= traced_for + 0.5, "≥ age {lower} s, traced {traced_for} s");
-    assert_eq!(u(&state(row(&snap, port_e, "out"), "ESTABLISHED")["now"]), 5);
+    assert!(
+        lower > 4.0 && lower <= traced_for + 0.5,
+        "≥ age {lower} s, traced {traced_for} s"
+    );
+    assert_eq!(
+        u(&state(row(&snap, port_e, "out"), "ESTABLISHED")["now"]),
+        5
+    );
 
-    // Every reset and open, against the kernel's counters.
+    assert_totals_match_kernel(&snap, rsts, passive, active);
+    drop((early, early_listener, listener_c, kept_d, listener_d));
+}
+
+/// A: 50 CLOSE_WAIT stays of ~300 ms; B: 20 refused connections, seen from both sides.
+fn assert_close_wait_and_refused(snap: &Value, port_a: u16, port_b: u16) {
+    // A: 50 CLOSE_WAIT stays of ~300 ms.
+    let ra = row(snap, port_a, "in");
+    let cw = state(ra, "CLOSE_WAIT");
+    assert_eq!((u(&cw["entered"]), u(&cw["exits"]["LAST_ACK"])), (50, 50));
+    assert_eq!(u(&cw["dwell"]["count"]), 50);
+    let p50 = u(&cw["dwell"]["p50_us"]);
+    assert!((299_000..600_000).contains(&p50), "CLOSE_WAIT p50 {p50} us");
+    assert_eq!(u(&ra["handshakes"]["completed"]), 50);
+    assert_eq!(
+        u(&state(row(snap, port_a, "out"), "ESTABLISHED")["exits"]["FIN_WAIT1"]),
+        50
+    );
+
+    // B: 20 refused connections, seen from both sides.
+    let rb_in = row(snap, port_b, "in");
+    assert_eq!(
+        rb_in["resets_sent"],
+        serde_json::json!([{"reason": "NO_SOCKET", "state_before": null, "count": 20}])
+    );
+    let rb_out = row(snap, port_b, "out");
+    assert_eq!(
+        rb_out["resets_received"],
+        serde_json::json!({"SYN_SENT": 20})
+    );
+    assert_eq!(u(&state(rb_out, "SYN_SENT")["exits"]["CLOSE"]), 20);
+}
+
+/// Every reset sent and every open, summed over ports, against the kernel's
+/// own counters (Tcp: OutRsts, PassiveOpens, ActiveOpens).
+fn assert_totals_match_kernel(snap: &Value, rsts: u64, passive: u64, active: u64) {
     let ports = snap["ports"].as_array().unwrap();
-    let sent: u64 = ports.iter().flat_map(|p| p["resets_sent"].as_array().unwrap()).map(|r| u(&r["count"])).sum();
+    let sent: u64 = ports
+        .iter()
+        .flat_map(|p| p["resets_sent"].as_array().unwrap())
+        .map(|r| u(&r["count"]))
+        .sum();
     assert_eq!(sent, rsts);
     let completed: u64 = ports.iter().map(|p| u(&p["handshakes"]["completed"])).sum();
     assert_eq!(completed, passive);
@@ -171,7 +212,6 @@ fn snapshot_matches_the_workload_and_the_kernel_counters() {
         .map(|p| p["states"]["SYN_SENT"]["entered"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(connects, active);
-    drop((early, early_listener, listener_c, kept_d, listener_d));
 }
 
 #[test]
@@ -179,7 +219,10 @@ fn snapshot_matches_the_workload_and_the_kernel_counters() {
 fn time_wait_comes_from_the_census() {
     let ns = Netns::new("timewait");
     let inode = ns.inode.to_string();
-    let trace = Trace::start(&["watch", "--once", "1500ms", "--json", "--netns", &inode], "tcptrace: tracing");
+    let trace = Trace::start(
+        &["watch", "--once", "1500ms", "--json", "--netns", &inode],
+        "tcptrace: tracing",
+    );
     let port = ns.run(|| {
         let l = listen("127.0.0.1:0");
         for _ in 0..7 {
@@ -196,4 +239,3 @@ fn time_wait_comes_from_the_census() {
     let age = tw["oldest_s"].as_f64().unwrap();
     assert!((0.0..3.0).contains(&age), "TIME_WAIT age {age}");
 }
-

@@ -178,7 +178,7 @@ fn row_labels(p: &PortSnapshot) -> Labels {
     ]
 }
 
-fn with(mut labels: Labels, key: &'static str, value: impl ToString) -> Labels {
+fn with(mut labels: Labels, key: &'static str, value: &dyn fmt::Display) -> Labels {
     labels.push((key, value.to_string()));
     labels
 }
@@ -259,8 +259,8 @@ impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let snap = &*self.snap;
         let rows = &snap.ports;
-        // Metrics labelled by port alone exist only for listening ports; the
-        // "in" rows have each port (and "other") once.
+        // Metrics labelled by port alone describe the listening side: taken
+        // from the "in" rows, which have each port (and "other") once.
         let inbound: Vec<&PortSnapshot> = rows
             .iter()
             .filter(|p| p.direction == Direction::In)
@@ -349,7 +349,7 @@ impl Collector for SnapshotCollector {
                 }
                 by_reason
                     .into_iter()
-                    .map(move |(reason, n)| (with(row_labels(p), "reason", reason), n))
+                    .map(move |(reason, n)| (with(row_labels(p), "reason", &reason), n))
             })
             .collect();
         self.counter(

@@ -37,7 +37,7 @@ fn dwell(p50_us: u64, p99_us: u64, max_us: u64, buckets: &[(u64, u64)]) -> Dwell
         count: buckets.iter().map(|b| b.1).sum(),
         min_us: 1,
         p50_us,
-        p90_us: (p50_us + p99_us) / 2,
+        p90_us: u64::midpoint(p50_us, p99_us),
         p99_us,
         max_us,
         mean_us: p50_us as f64,
@@ -62,9 +62,7 @@ fn stuck(state: TcpState, remote: &str, age_s: f64, exact: bool) -> StuckSocket 
 }
 
 /// Port 8080 in: a server leaking CLOSE_WAIT (312, the oldest ≥41 min).
-/// Port 9 in: nothing listens, 20 resets NO_SOCKET. Port 5432 out: a
-/// client pool with TIME_WAIT. `other`: folded ports.
-pub fn incident() -> Snapshot {
+fn web() -> PortSnapshot {
     let mut web = port(Some(8080), Direction::In);
     web.listening = true;
     web.accept_queue = Some(AcceptQueue { len: 3, max: 128 });
@@ -127,7 +125,14 @@ pub fn incident() -> Snapshot {
         stuck(TcpState::CloseWait, "192.0.2.14:51234", 2_460.0, false),
         stuck(TcpState::CloseWait, "192.0.2.15:40110", 1_325.5, true),
     ];
+    web
+}
 
+/// Port 8080 in: a server leaking CLOSE_WAIT (312, the oldest ≥41 min).
+/// Port 9 in: nothing listens, 20 resets NO_SOCKET. Port 5432 out: a
+/// client pool with TIME_WAIT. `other`: folded ports.
+pub fn incident() -> Snapshot {
+    let web = web();
     let mut discard = port(Some(9), Direction::In);
     discard.resets_sent.push(ResetCount {
         reason: "NO_SOCKET".to_string(),

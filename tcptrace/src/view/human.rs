@@ -66,7 +66,7 @@ pub fn bar(count: u64, max: u64, width: usize) -> String {
     let eighths = (u128::from(count.min(max)) * (width as u128) * 8 / u128::from(max)).max(1);
     let eighths = eighths as usize;
     let mut s = "█".repeat(eighths / 8);
-    if eighths % 8 > 0 {
+    if !eighths.is_multiple_of(8) {
         s.push(PARTS[eighths % 8]);
     }
     s

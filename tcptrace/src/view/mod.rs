@@ -8,12 +8,13 @@
 //! consecutive snapshots.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
 use crate::snapshot::{Direction, PortSnapshot, Snapshot};
 use crate::tcp::TcpState;
 
+mod columns;
 mod drill;
 #[cfg(test)]
 mod fixtures;
@@ -21,6 +22,8 @@ pub mod human;
 pub mod table;
 pub mod terminal;
 pub mod tui;
+
+pub use columns::{Align, Cell, Column, Tone, cells, columns, pad, widths};
 
 /// The states with a live-count column, in the order a connection meets them,
 /// with their column headers.
@@ -141,9 +144,12 @@ impl SortKey {
     }
 
     /// The next (`step` 1) or previous (`step` -1) key in column order.
+    #[must_use]
     pub fn cycle(self, step: isize) -> Self {
         let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0);
-        Self::ALL[(i as isize + step).rem_euclid(Self::ALL.len() as isize) as usize]
+        Self::ALL[(i.cast_signed() + step)
+            .rem_euclid(Self::ALL.len().cast_signed())
+            .cast_unsigned()]
     }
 }
 
@@ -343,156 +349,6 @@ fn sort_value(key: SortKey, row: &PortSnapshot, rates: PortRates, dwell: TcpStat
     }
 }
 
-/// How a cell's text lines up in its column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Align {
-    Left,
-    Right,
-}
-
-/// What a renderer may do with a cell: dim it (zero, nothing to see) or
-/// draw attention to it (a full accept queue). The text table ignores it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tone {
-    Normal,
-    Quiet,
-    Alert,
-}
-
-/// A column of the per-port table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Column {
-    pub header: &'static str,
-    pub align: Align,
-    /// The sort key this column corresponds to, if any.
-    pub sort: Option<SortKey>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cell {
-    pub text: String,
-    pub tone: Tone,
-}
-
-impl Cell {
-    fn new(text: impl Into<String>) -> Self {
-        Self {
-            text: text.into(),
-            tone: Tone::Normal,
-        }
-    }
-
-    fn count(n: u64) -> Self {
-        Self {
-            text: n.to_string(),
-            tone: if n == 0 { Tone::Quiet } else { Tone::Normal },
-        }
-    }
-
-    fn missing() -> Self {
-        Self {
-            text: "-".to_string(),
-            tone: Tone::Quiet,
-        }
-    }
-}
-
-/// The columns of the per-port table. The dwell columns (p50, p99, max,
-/// oldest) are about the dwell state, which the header line names.
-pub fn columns() -> Vec<Column> {
-    let col = |header, align, sort| Column {
-        header,
-        align,
-        sort,
-    };
-    let mut cols = vec![
-        col("PORT", Align::Right, Some(SortKey::Port)),
-        col("DIR", Align::Left, None),
-        col("LISTEN", Align::Right, Some(SortKey::AcceptQueue)),
-    ];
-    for (st, header) in STATES {
-        cols.push(col(header, Align::Right, Some(SortKey::Now(st))));
-    }
-    for key in &SortKey::ALL[11..] {
-        cols.push(col(key.name(), Align::Right, Some(*key)));
-    }
-    cols.push(col("RST_REASON", Align::Left, None));
-    cols
-}
-
-/// The cells of one row, matching [`columns`].
-pub fn cells(row: &PortSnapshot, rates: PortRates, dwell_state: TcpState) -> Vec<Cell> {
-    let listen = match (row.accept_queue, row.listening) {
-        (Some(q), _) => Cell {
-            text: format!("{}/{}", q.len, q.max),
-            // A full queue drops SYNs or final ACKs: worth a glance.
-            tone: if q.len >= q.max && q.max > 0 {
-                Tone::Alert
-            } else {
-                Tone::Normal
-            },
-        },
-        (None, true) => Cell::new("yes"),
-        (None, false) => Cell::missing(),
-    };
-    let mut out = vec![
-        Cell::new(port_label(row.port)),
-        Cell::new(row.direction.name()),
-        listen,
-    ];
-    out.extend(STATES.iter().map(|(st, _)| Cell::count(row.now(*st))));
-    out.push(Cell::count(row.transitions));
-    out.push(Cell {
-        text: human::rate(rates.transitions),
-        tone: if rates.transitions > 0.0 {
-            Tone::Normal
-        } else {
-            Tone::Quiet
-        },
-    });
-    let state = row.states.get(&dwell_state);
-    match state.and_then(|s| s.dwell.as_ref()) {
-        Some(d) => {
-            out.extend([d.p50_us, d.p99_us, d.max_us].map(|us| Cell::new(human::duration_us(us))))
-        }
-        None => out.extend([Cell::missing(), Cell::missing(), Cell::missing()]),
-    }
-    out.push(
-        match state.and_then(|s| s.oldest_s.map(|o| (o, s.oldest_exact))) {
-            Some((s, exact)) => Cell::new(human::age(s, exact)),
-            None => Cell::missing(),
-        },
-    );
-    out.push(Cell::count(row.synack_retrans));
-    out.push(Cell::count(row.resets_sent_total()));
-    out.push(Cell::count(resets_received(row)));
-    out.push(top_reset_reason(row).map_or_else(Cell::missing, Cell::new));
-    out
-}
-
-/// The widths that fit each column's header and every row's cell.
-pub fn widths(columns: &[Column], rows: &[Vec<Cell>]) -> Vec<usize> {
-    columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|cell| human::width(&cell.text))
-                .fold(human::width(c.header), usize::max)
-        })
-        .collect()
-}
-
-/// `text` padded to `width` on the side `align` says.
-pub fn pad(text: &str, width: usize, align: Align) -> String {
-    let fill = " ".repeat(width.saturating_sub(human::width(text)));
-    match align {
-        Align::Left => format!("{text}{fill}"),
-        Align::Right => format!("{fill}{text}"),
-    }
-}
-
 /// The summary every view starts with, in three parts so that a renderer can
 /// colour the middle one: before LOST, LOST, after. LOST is always there,
 /// capitalised, because every count after lost events is incomplete;
@@ -500,7 +356,10 @@ pub fn pad(text: &str, width: usize, align: Align) -> String {
 pub fn totals(snap: &Snapshot, rates: &Rates) -> [String; 3] {
     let e = &snap.events;
     let window = if rates.windowed {
-        format!("last {}", human::duration_s(rates.interval_s))
+        // Timer jitter makes a 1 s interval 0.999 s or 1.001 s; to 10 ms it
+        // reads the same every refresh.
+        let window = (rates.interval_s * 100.0).round() / 100.0;
+        format!("last {}", human::duration_s(window))
     } else {
         "avg".to_string()
     };
@@ -515,7 +374,7 @@ pub fn totals(snap: &Snapshot, rates: &Rates) -> [String; 3] {
         e.untracked, e.folded_ports, snap.sockets_tracked
     );
     if e.undecodable > 0 {
-        after.push_str(&format!("  undecodable {}", e.undecodable));
+        let _ = write!(after, "  undecodable {}", e.undecodable);
     }
     [before, format!("LOST {}", e.lost), after]
 }

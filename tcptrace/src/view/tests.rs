@@ -1,4 +1,8 @@
 //! Tests of the shared view logic: rates, row order, sort keys.
+#![expect(
+    clippy::float_cmp,
+    reason = "rates of whole counts over whole seconds are exact in f64"
+)]
 
 use super::fixtures::{incident, later};
 use super::*;
@@ -41,6 +45,17 @@ fn rates_need_time_to_pass() {
     assert_eq!(
         rates_or_average(None, &Snapshot::default()),
         Rates::default()
+    );
+}
+
+#[test]
+fn totals_round_the_window_against_timer_jitter() {
+    let mut cur = later();
+    cur.uptime_s = 3_600.999;
+    let line = totals_line(&cur, &rates(&incident(), &cur).unwrap());
+    assert!(
+        line.starts_with("up 1h00m  events 36050 (50/s last 1.0s)  LOST 7  untracked 3"),
+        "{line}"
     );
 }
 

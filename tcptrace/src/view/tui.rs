@@ -2,6 +2,7 @@
 //! takes snapshots and keys, [`render`] that draws it into a ratatui frame,
 //! and [`run_tui`], the loop that ties both to a terminal.
 
+use std::fmt::Write as _;
 use std::future::Future;
 
 use anyhow::{Context, Result};
@@ -93,10 +94,9 @@ impl App {
             return Control::Continue;
         }
         match key.code {
-            KeyCode::Char('q') => return Control::Quit,
             KeyCode::Esc if self.help => self.help = false,
             KeyCode::Esc | KeyCode::Backspace if self.drill.is_some() => self.drill = None,
-            KeyCode::Esc => return Control::Quit,
+            KeyCode::Char('q') | KeyCode::Esc => return Control::Quit,
             KeyCode::Up | KeyCode::Char('k') => self.move_by(-1),
             KeyCode::Down | KeyCode::Char('j') => self.move_by(1),
             KeyCode::PageUp => self.move_by(-10),
@@ -198,8 +198,8 @@ impl App {
         let i = STATES
             .iter()
             .position(|(s, _)| *s == self.opts.dwell_state)
-            .map_or(0, |i| i as isize + step);
-        let next = STATES[i.rem_euclid(STATES.len() as isize) as usize].0;
+            .map_or(0, |i| i.cast_signed() + step);
+        let next = STATES[i.rem_euclid(STATES.len().cast_signed()).cast_unsigned()].0;
         // Sorting by dwell or age reorders with the state.
         self.reorder(|a| a.opts.dwell_state = next);
     }
@@ -222,7 +222,7 @@ pub fn render(frame: &mut Frame, app: &App) {
     match (&app.cur, app.drill) {
         (None, _) => frame.render_widget(Paragraph::new("waiting for the first snapshot…"), body),
         (Some(snap), Some(port)) => {
-            drill::render(frame, body, snap, &app.rates, port, app.opts.dwell_state)
+            drill::render(frame, body, snap, &app.rates, port, app.opts.dwell_state);
         }
         (Some(snap), None) => render_table(frame, body, snap, app),
     }
@@ -267,11 +267,12 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
         o.direction.map_or("all", Direction::name),
     );
     if let Some((port, dir)) = app.drill {
-        status.push_str(&format!(
+        let _ = write!(
+            status,
             "  │ details of port {} {}",
             port_label(port),
             dir.name()
-        ));
+        );
     }
     vec![Line::from(first), Line::from(status)]
 }

@@ -40,7 +40,7 @@ fn lines(buf: &Buffer) -> Vec<String> {
         .chunks(w)
         .map(|row| {
             row.iter()
-                .map(|c| c.symbol())
+                .map(ratatui::buffer::Cell::symbol)
                 .collect::<String>()
                 .trim_end()
                 .to_string()
