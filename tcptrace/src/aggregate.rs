@@ -44,19 +44,28 @@ pub struct PortKey {
     pub direction: Direction,
 }
 
+/// Linux's default net.ipv4.ip_local_port_range.
+pub const DEFAULT_EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
+
 /// Attribution (DESIGN.md, "Port attribution"): an accepted socket belongs to
-/// its local port ("in"), a connecting one to the remote port ("out"); one of
-/// unknown origin to its local port if that port listens, else the remote one.
+/// its local port ("in"), a connecting one to the remote port ("out"). One of
+/// unknown origin goes to its local port if that port listens, or if only the
+/// remote port is ephemeral (a server's TIME_WAIT after its listener closed);
+/// else to the remote port.
 pub fn attribute(
     origin: Origin,
     local: &SocketAddr,
     remote: &SocketAddr,
     local_listens: bool,
+    ephemeral: &std::ops::RangeInclusive<u16>,
 ) -> (u16, Direction) {
     let inbound = match origin {
         Origin::Passive => true,
         Origin::Active => false,
-        Origin::Unknown => local_listens,
+        Origin::Unknown => {
+            local_listens
+                || (ephemeral.contains(&remote.port()) && !ephemeral.contains(&local.port()))
+        }
     };
     if inbound {
         (local.port(), Direction::In)
@@ -76,6 +85,8 @@ pub struct AggregatorConfig {
     pub netns: Option<u32>,
     /// Oldest sockets listed per port.
     pub oldest_per_port: usize,
+    /// net.ipv4.ip_local_port_range, for attributing sockets of unknown origin.
+    pub ephemeral: std::ops::RangeInclusive<u16>,
 }
 
 impl Default for AggregatorConfig {
@@ -85,6 +96,7 @@ impl Default for AggregatorConfig {
             synack_retries: 5,
             netns: None,
             oldest_per_port: 10,
+            ephemeral: DEFAULT_EPHEMERAL,
         }
     }
 }
@@ -248,7 +260,7 @@ impl Aggregator {
     fn key_of(&mut self, ev: &Event, note: &Note, tracker: &Tracker) -> PortKey {
         let listens = tracker.is_listener(ev.netns, ev.local.port());
         let origin = note.origin.unwrap_or(Origin::Unknown);
-        let (port, dir) = attribute(origin, &ev.local, &ev.remote, listens);
+        let (port, dir) = attribute(origin, &ev.local, &ev.remote, listens, &self.cfg.ephemeral);
         self.key(port, dir)
     }
 
@@ -399,7 +411,13 @@ impl Aggregator {
             let (port, dir) = if sock.state == TcpState::Listen {
                 (sock.local.port(), Direction::In)
             } else {
-                attribute(sock.origin, &sock.local, &sock.remote, listens)
+                attribute(
+                    sock.origin,
+                    &sock.local,
+                    &sock.remote,
+                    listens,
+                    &self.cfg.ephemeral,
+                )
             };
             let key = self.key(port, dir);
             let row = rows.entry(key).or_insert_with(|| empty_row(key));

@@ -187,6 +187,31 @@ fn mid_life_sockets_go_to_a_listening_local_port_else_the_remote_port() {
 }
 
 #[test]
+fn unknown_origin_with_only_an_ephemeral_remote_port_is_inbound() {
+    let eph = DEFAULT_EPHEMERAL;
+    let (server, client) = (addr("10.0.0.1:8080"), addr("10.0.0.2:40000"));
+    assert_eq!(
+        attribute(Origin::Unknown, &server, &client, false, &eph),
+        (8080, Direction::In)
+    );
+    assert_eq!(
+        attribute(Origin::Unknown, &client, &server, false, &eph),
+        (8080, Direction::Out)
+    );
+    // Both ephemeral, nobody listening: the remote port, as for any client.
+    let other = addr("10.0.0.3:45000");
+    assert_eq!(
+        attribute(Origin::Unknown, &client, &other, false, &eph),
+        (45000, Direction::Out)
+    );
+    // A known origin wins over the hint.
+    assert_eq!(
+        attribute(Origin::Active, &server, &client, false, &eph),
+        (40000, Direction::Out)
+    );
+}
+
+#[test]
 fn resets_are_counted_by_reason_state_before_and_the_state_they_hit() {
     let mut w = World::new(AggregatorConfig::default());
     for i in 0..20 {

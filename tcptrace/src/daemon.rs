@@ -37,6 +37,7 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
         max_ports: cfg.max_ports,
         synack_retries: cfg.synack_retries.unwrap_or_else(session::synack_retries),
         netns: cfg.netns,
+        ephemeral: session::ephemeral_ports(),
         ..AggregatorConfig::default()
     };
     let mut session = Session::start(&cfg.trace, agg_cfg)?;

@@ -171,6 +171,7 @@ impl Session {
 /// state with their oldest age, and listener accept queues.
 pub fn census_view(census: &[NetnsCensus], tracker: &Tracker, only: Option<u32>) -> CensusView {
     let mut view = CensusView::default();
+    let ephemeral = ephemeral_ports();
     for ns in census
         .iter()
         .filter(|ns| only.is_none_or(|n| n == ns.inode))
@@ -178,7 +179,8 @@ pub fn census_view(census: &[NetnsCensus], tracker: &Tracker, only: Option<u32>)
         for s in &ns.sockets {
             if s.timewait {
                 let listens = tracker.is_listener(ns.inode, s.local.port());
-                let (port, dir) = attribute(Origin::Unknown, &s.local, &s.remote, listens);
+                let (port, dir) =
+                    attribute(Origin::Unknown, &s.local, &s.remote, listens, &ephemeral);
                 let age = s.age_ms(ns.fin_timeout_ms).unwrap_or(0);
                 let entry = view.timewait.entry((port, dir, s.state)).or_insert((0, 0));
                 entry.0 += 1;
@@ -194,6 +196,17 @@ pub fn census_view(census: &[NetnsCensus], tracker: &Tracker, only: Option<u32>)
         }
     }
     view
+}
+
+/// net.ipv4.ip_local_port_range of this namespace (Linux's default if unreadable).
+pub fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(str::parse::<u16>);
+            Some(it.next()?.ok()?..=it.next()?.ok()?)
+        })
+        .unwrap_or(crate::aggregate::DEFAULT_EPHEMERAL)
 }
 
 /// net.ipv4.tcp_synack_retries of this namespace (5 if unreadable).

@@ -27,6 +27,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         max_ports: args.max_ports,
         synack_retries: args.synack_retries.unwrap_or_else(session::synack_retries),
         netns: args.netns,
+        ephemeral: session::ephemeral_ports(),
         ..AggregatorConfig::default()
     };
     let mut session = Session::start(&args.trace, cfg)?;

@@ -32,14 +32,18 @@ enum Cmd {
 }
 
 /// Debian packages: clang-19 and libbpf-dev build the BPF programs, bpftool links
-/// them; nftables provokes SYN-ACK retransmits in the kernel tests; iproute2
-/// makes their network namespaces.
+/// them (and shows attached programs in tests); nftables provokes SYN-ACK
+/// retransmits in the kernel tests; iproute2 makes their network namespaces;
+/// prometheus is the real server the daemon tests scrape with, and promtool
+/// checks the exposition; tmux drives the full-screen view in its test.
 const PACKAGES: &[(&str, &str)] = &[
     ("clang-19", "/usr/bin/clang-19"),
     ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("nftables", "/usr/sbin/nft"),
     ("iproute2", "/usr/bin/ip"),
+    ("prometheus", "/usr/bin/promtool"),
+    ("tmux", "/usr/bin/tmux"),
 ];
 
 fn main() -> ExitCode {
