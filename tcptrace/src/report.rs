@@ -119,6 +119,26 @@ fn port_block(out: &mut String, p: &PortSnapshot) {
         let _ = write!(line, "  retransmits {}", p.retransmits);
     }
     let _ = writeln!(out, "{line}");
+    state_rows(out, p);
+    reset_lines(out, p);
+    for o in p.oldest.iter().take(3) {
+        let owner = match (&o.comm, o.pid) {
+            (Some(c), Some(pid)) => format!("  {c}[{pid}]"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  oldest: {} {} -> {} for {}{owner}",
+            o.state,
+            o.local,
+            o.remote,
+            age(o.age_s, o.exact)
+        );
+    }
+}
+
+/// The per-state table of a port: counts now, oldest, entries, dwell, exits.
+fn state_rows(out: &mut String, p: &PortSnapshot) {
     let rows: Vec<_> = STATES
         .iter()
         .filter_map(|st| p.states.get(st).map(|v| (st, v)))
@@ -157,6 +177,10 @@ fn port_block(out: &mut String, p: &PortSnapshot) {
         );
         let _ = writeln!(out, "{}", row.trim_end());
     }
+}
+
+/// Resets sent by cause and received by the state they hit.
+fn reset_lines(out: &mut String, p: &PortSnapshot) {
     if !p.resets_sent.is_empty() {
         let causes: Vec<String> = p
             .resets_sent
@@ -177,20 +201,6 @@ fn port_block(out: &mut String, p: &PortSnapshot) {
             .map(|(st, n)| format!("in {st} {n}"))
             .collect();
         let _ = writeln!(out, "  resets received: {}", hit.join(", "));
-    }
-    for o in p.oldest.iter().take(3) {
-        let owner = match (&o.comm, o.pid) {
-            (Some(c), Some(pid)) => format!("  {c}[{pid}]"),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            out,
-            "  oldest: {} {} -> {} for {}{owner}",
-            o.state,
-            o.local,
-            o.remote,
-            age(o.age_s, o.exact)
-        );
     }
 }
 

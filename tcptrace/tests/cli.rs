@@ -46,3 +46,37 @@ fn help_lists_the_commands() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("events"), "{text}");
 }
+
+#[test]
+fn a_bad_config_file_is_one_line_naming_the_key_and_exit_2() {
+    let path = std::env::temp_dir().join(format!("tcptrace-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "interval = \"30s\"\nlisten = \"127.0.0.1:9911\"\nintervl = \"5s\"\n",
+    )
+    .unwrap();
+    let (code, stderr) = tcptrace(&["daemon", "--config", path.to_str().unwrap()]);
+    std::fs::write(&path, "census_interval = \"often\"\n").unwrap();
+    let (code2, stderr2) = tcptrace(&["daemon", "--config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "tcptrace: error: config {}: line 3 (`intervl = \"5s\"`): unknown field `intervl`",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(code2, Some(2), "{stderr2}");
+    assert!(
+        stderr2.contains("line 1 (`census_interval = \"often\"`): 'often' is not a duration"),
+        "{stderr2}"
+    );
+    let (code3, stderr3) = tcptrace(&["daemon", "--config", "/nonexistent/tcptrace.toml"]);
+    assert_eq!(code3, Some(2));
+    assert!(
+        stderr3.contains("config /nonexistent/tcptrace.toml: No such file"),
+        "{stderr3}"
+    );
+}

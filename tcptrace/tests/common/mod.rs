@@ -176,6 +176,10 @@ impl Trace {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGINT, waits for exit, and returns stdout.
     pub fn stop(mut self) -> (String, Vec<String>) {
         // Let the last records reach the ring and one poll drain them.
