@@ -33,6 +33,11 @@ impl Clock {
         u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
     }
 
+    /// RFC 3339 UTC to the millisecond, for report and snapshot headers.
+    pub fn wall_ms(self, monotonic_ns: u64) -> String {
+        self.wall(monotonic_ns).strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    }
+
     pub fn wall(self, monotonic_ns: u64) -> Timestamp {
         let ns = i128::from(monotonic_ns) + self.realtime_minus_monotonic_ns;
         Timestamp::from_nanosecond(ns).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -57,6 +62,7 @@ mod tests {
     fn maps_monotonic_to_wall_time() {
         let c = Clock::with_offset(1_700_000_000_000_000_000);
         assert_eq!(c.wall(5_000).to_string(), "2023-11-14T22:13:20.000005Z");
+        assert_eq!(c.wall_ms(1_234_567_890).to_string(), "2023-11-14T22:13:21.234Z");
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Session {
 
     pub fn snapshot(&mut self) -> Snapshot {
         let now = Clock::monotonic_now_ns();
-        let time = self.clock.wall(now).to_string();
+        let time = self.clock.wall_ms(now);
         self.agg.snapshot(&self.tracker, now, time, &self.reasons)
     }
 
@@ -120,7 +120,7 @@ impl Session {
         let next = self.new_interval();
         let mut done = std::mem::replace(self.interval.as_mut()?, next);
         let now = Clock::monotonic_now_ns();
-        let time = self.clock.wall(now).to_string();
+        let time = self.clock.wall_ms(now);
         done.agg.set_census(self.agg.census().clone());
         done.agg
             .add_undecodable(self.agg.undecodable() - done.undecodable_at_start);
