@@ -38,6 +38,9 @@ pub enum Command {
     /// Stream every TCP event: state changes with time in the old state,
     /// SYN-ACK retransmits, retransmits and resets with their cause.
     Events(EventsArgs),
+    /// List the host's TCP sockets now with their state, time in state, service
+    /// port, owning process and queues; ages come from a running tcptrace daemon.
+    Sockets(SocketsArgs),
 }
 
 /// Settings of the kernel side, shared by every tracing command.
@@ -184,6 +187,31 @@ pub struct DaemonArgs {
     /// Drain interval of the ring buffer [default: 10ms].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub poll_interval: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    /// Only sockets of this port (service port or either side; repeatable).
+    #[arg(long = "port", short = 'p', value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only sockets in this state (repeatable), e.g. CLOSE_WAIT.
+    #[arg(long = "state", short = 's', value_name = "STATE")]
+    pub states: Vec<TcpState>,
+    /// Only sockets known to have been in their state at least this long.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub older_than: Option<Duration>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this network namespace (inode); default: all (own only without root).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+    /// The tcptrace daemon whose tracking gives exact ages.
+    #[arg(long, default_value = "127.0.0.1:9911", value_name = "ADDR")]
+    pub daemon: std::net::SocketAddr,
+    /// Do not ask a daemon: ages only for TIME_WAIT and orphaned FIN_WAIT2.
+    #[arg(long)]
+    pub no_daemon: bool,
 }
 
 /// `--direction` values.

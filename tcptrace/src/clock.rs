@@ -62,7 +62,7 @@ mod tests {
     fn maps_monotonic_to_wall_time() {
         let c = Clock::with_offset(1_700_000_000_000_000_000);
         assert_eq!(c.wall(5_000).to_string(), "2023-11-14T22:13:20.000005Z");
-        assert_eq!(c.wall_ms(1_234_567_890).to_string(), "2023-11-14T22:13:21.234Z");
+        assert_eq!(c.wall_ms(1_234_567_890), "2023-11-14T22:13:21.234Z");
     }
 
     #[test]

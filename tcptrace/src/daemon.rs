@@ -54,18 +54,7 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
         .await
         .with_context(|| format!("listen on {} for /metrics", cfg.listen))?;
     let mut sink = Sink::open(cfg.output.clone())?;
-    let mut census_only = cfg.netns;
-    if let Some(user) = &cfg.user {
-        crate::privileges::drop_to(user)?;
-        // Entering other namespaces needs CAP_SYS_ADMIN, which is gone.
-        if census_only.is_none() {
-            census_only = Some(
-                crate::census::netns_inode("/proc/self/ns/net".as_ref()).context("own netns")?,
-            );
-            log::info!("the socket census now covers this daemon's network namespace only");
-        }
-        log::info!("running as {user} with no capabilities");
-    }
+    let census_only = drop_privileges(&cfg)?;
     log::info!(
         "tracing {}; reports every {:?} to {}; metrics on http://{}/metrics",
         session.tracer.describe(),
@@ -77,11 +66,13 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
     );
 
     let (publish, latest) = watch::channel(Arc::new(Snapshot::default()));
+    let (sockets_tx, mut sockets_rx) = tokio::sync::mpsc::channel::<crate::metrics::SocketsRequest>(4);
     let stop_http = Arc::new(Notify::new());
     let http = {
         let stop = stop_http.clone();
         tokio::spawn(async move {
-            crate::metrics::serve(listener, latest, async move { stop.notified().await }).await
+            let shutdown = async move { stop.notified().await };
+            crate::metrics::serve_with_sockets(listener, latest, sockets_tx, shutdown).await
         })
     };
     let mut census_rx = spawn_census(census_only, cfg.census_interval);
@@ -111,6 +102,10 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
                 sink.reopen()?;
             }
             Some(census) = census_rx.recv() => apply_census(&mut session, census),
+            Some(reply) = sockets_rx.recv() => {
+                session.drain()?;
+                let _ = reply.send(Arc::new(session.known_sockets()));
+            }
             () = shutdown.recv() => break,
         }
     }
@@ -124,6 +119,21 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
     drop(session);
     log::info!("programs detached");
     Ok(())
+}
+
+/// With `--user`: switches user and gives up every capability. Returns the
+/// namespace the census may still cover (entering others needs
+/// CAP_SYS_ADMIN, which is gone).
+fn drop_privileges(cfg: &DaemonConfig) -> Result<Option<u32>> {
+    let Some(user) = &cfg.user else { return Ok(cfg.netns) };
+    crate::privileges::drop_to(user)?;
+    log::info!("running as {user} with no capabilities");
+    if cfg.netns.is_some() {
+        return Ok(cfg.netns);
+    }
+    let own = crate::census::netns_inode("/proc/self/ns/net".as_ref()).context("own netns")?;
+    log::info!("the socket census now covers this daemon's network namespace only");
+    Ok(Some(own))
 }
 
 fn write_report(
@@ -174,7 +184,11 @@ impl Sink {
     fn write(&mut self, text: &str) -> Result<()> {
         if let Some(f) = &mut self.file {
             f.write_all(text.as_bytes()).context("write report")?;
-            f.sync_data().context("fsync report")
+            match f.sync_data() {
+                // A pipe, FIFO or /dev/null cannot be synced (EINVAL): nothing to make durable.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+                other => other.context("fsync report"),
+            }
         } else {
             let mut out = io::stdout().lock();
             out.write_all(text.as_bytes())

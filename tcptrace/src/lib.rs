@@ -24,6 +24,7 @@ pub mod reasons;
 pub mod report;
 pub mod session;
 pub mod signals;
+pub mod sockets;
 pub mod snapshot;
 pub mod tcp;
 pub mod track;

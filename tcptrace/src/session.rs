@@ -128,6 +128,11 @@ impl Session {
         Some((snap, now.saturating_sub(done.started_ns) as f64 / 1e9))
     }
 
+    /// What tracking knows of each live socket now (for `tcptrace sockets`).
+    pub fn known_sockets(&self) -> Vec<crate::sockets::Known> {
+        crate::sockets::known(&self.tracker, Clock::monotonic_now_ns())
+    }
+
     /// Seeds the tracker with sockets that predate tracing. Call once, right
     /// after start: their time in state is unknown, only "at least since now".
     pub fn seed(&mut self, census: &[NetnsCensus], seen_ns: u64) {

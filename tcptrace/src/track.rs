@@ -15,7 +15,7 @@ use crate::event::{Detail, Event, Task};
 use crate::tcp::TcpState;
 
 /// How a socket came to be, which decides the port it is attributed to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     /// connect(): belongs to its remote port, direction "out".

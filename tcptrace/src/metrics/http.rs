@@ -1,5 +1,6 @@
-//! The HTTP endpoint: `GET /metrics` and `GET /healthz` on hyper's HTTP/1
-//! server. Binding the listener is the caller's job.
+//! The HTTP endpoint: `GET /metrics`, `GET /healthz` and, for `tcptrace
+//! sockets`, `GET /sockets` (what tracking knows of each live socket, JSON) on
+//! hyper's HTTP/1 server. Binding the listener is the caller's job.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,11 +14,12 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::{Format, render};
 use crate::snapshot::Snapshot;
+use crate::sockets::Known;
 
 /// Connections served at once. A scraper needs one; more wait in the listen
 /// backlog instead of costing a task each.
@@ -36,6 +38,23 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     latest: watch::Receiver<Arc<Snapshot>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // Nobody answers socket requests: /sockets is then 404.
+    let (sockets, _) = mpsc::channel(1);
+    serve_with_sockets(listener, latest, sockets, shutdown).await
+}
+
+/// A request for the live sockets tracking knows; answered by the loop that
+/// owns the tracker, so the list is computed only when someone asks.
+pub type SocketsRequest = oneshot::Sender<Arc<Vec<Known>>>;
+
+/// [`serve`], plus `GET /sockets`: the tracker's live sockets as a JSON array,
+/// asked for through `sockets`.
+pub async fn serve_with_sockets(
+    listener: TcpListener,
+    latest: watch::Receiver<Arc<Snapshot>>,
+    sockets: mpsc::Sender<SocketsRequest>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -57,9 +76,23 @@ pub async fn serve(
                     }
                 };
                 let latest = latest.clone();
+                let sockets = sockets.clone();
                 let service = service_fn(move |req| {
                     let snap = Arc::clone(&latest.borrow());
-                    async move { Ok::<_, Infallible>(respond(&req, snap)) }
+                    let sockets = sockets.clone();
+                    async move {
+                        if req.uri().path() == "/sockets" && req.method() == Method::GET {
+                            let (tx, rx) = oneshot::channel();
+                            let list = match sockets.send(tx).await {
+                                Ok(()) => rx.await.ok(),
+                                Err(_) => None,
+                            };
+                            return Ok::<_, Infallible>(
+                                list.map_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"), |l| json(&l)),
+                            );
+                        }
+                        Ok(respond(&req, snap))
+                    }
                 });
                 conns.spawn(async move {
                     let conn = http1::Builder::new()
@@ -96,6 +129,13 @@ fn respond(req: &Request<Incoming>, snap: Arc<Snapshot>) -> Response<Full<Bytes>
         CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
     );
+    resp
+}
+
+fn json(sockets: &[Known]) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(sockets).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 

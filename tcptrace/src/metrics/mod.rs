@@ -26,7 +26,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-pub use http::serve;
+pub use http::{SocketsRequest, serve, serve_with_sockets};
 
 use crate::event::Kind;
 use crate::snapshot::{Direction, Dwell, PortSnapshot, Snapshot};
