@@ -30,8 +30,16 @@ pub static OBJECT: &[u8] = &OBJECT_ALIGNED.0;
 
 /// Names of the maps and load-time settings in [`OBJECT`].
 pub mod names {
-    /// The ring buffer (`BPF_MAP_TYPE_RINGBUF`).
-    pub const EVENTS_MAP: &str = "events";
+    /// The ring buffers (`BPF_MAP_TYPE_RINGBUF`), in ring order.
+    pub const RING_MAPS: [&str; 4] = ["events", "events1", "events2", "events3"];
+    /// `const volatile __u32`: only this network namespace (inode); 0 = any.
+    pub const FILTER_NETNS: &str = "filter_netns";
+    /// `const volatile __u32`: how many of `filter_ports` are set; 0 = any port.
+    pub const FILTER_NPORTS: &str = "filter_nports";
+    /// `const volatile __u16[16]`: ports either side of a socket must match.
+    pub const FILTER_PORTS: &str = "filter_ports";
+    /// `const volatile __u32`: rings in use.
+    pub const NR_RINGS: &str = "nr_rings";
     /// Failed ring reservations: a mmapable array with one `u64` slot per CPU.
     pub const LOST_MAP: &str = "lost";
     /// `const volatile __u64`: bytes waiting in the ring that force a wake-up.
@@ -61,7 +69,8 @@ pub struct RawEvent {
     pub oldstate: u8,
     pub newstate: u8,
     pub flags: u8,
-    pub pad: [u8; 2],
+    pub ring: u8,
+    pub pad: u8,
     pub comm: [u8; 16],
 }
 
@@ -119,7 +128,8 @@ mod tests {
             ("oldstate", offset_of!(RawEvent, oldstate), 1),
             ("newstate", offset_of!(RawEvent, newstate), 1),
             ("flags", offset_of!(RawEvent, flags), 1),
-            ("pad", offset_of!(RawEvent, pad), 2),
+            ("ring", offset_of!(RawEvent, ring), 1),
+            ("pad", offset_of!(RawEvent, pad), 1),
             ("comm", offset_of!(RawEvent, comm), 16),
         ];
         assert_eq!(rust, abi::C_EVENT_FIELDS);
@@ -144,6 +154,6 @@ mod tests {
     fn object_is_an_elf_with_the_maps() {
         assert_eq!(&OBJECT[..4], b"\x7fELF");
         let has = |needle: &str| OBJECT.windows(needle.len()).any(|w| w == needle.as_bytes());
-        assert!(has(names::EVENTS_MAP) && has(names::LOST_MAP) && has(names::WAKEUP_BYTES));
+        assert!(has(names::RING_MAPS[3]) && has(names::LOST_MAP) && has(names::WAKEUP_BYTES));
     }
 }

@@ -87,6 +87,12 @@ pub struct AggregatorConfig {
     pub oldest_per_port: usize,
     /// net.ipv4.ip_local_port_range, for attributing sockets of unknown origin.
     pub ephemeral: std::ops::RangeInclusive<u16>,
+    /// A reset received in ESTABLISHED by a socket that had been ESTABLISHED
+    /// at least this long counts in `resets_received_long_established`
+    /// (half-open connections). Time in ESTABLISHED is a proxy for idle
+    /// time: tracepoints see no data, so a busy long-lived connection counts
+    /// too. Default 120 s (`findings::DEFAULT_HALF_OPEN_AFTER_S`).
+    pub long_established_ns: u64,
 }
 
 impl Default for AggregatorConfig {
@@ -97,6 +103,7 @@ impl Default for AggregatorConfig {
             netns: None,
             oldest_per_port: 10,
             ephemeral: DEFAULT_EPHEMERAL,
+            long_established_ns: crate::findings::DEFAULT_HALF_OPEN_AFTER_S * 1_000_000_000,
         }
     }
 }
@@ -140,6 +147,8 @@ struct PortStats {
     /// (reset reason, state before) -> count.
     resets_sent: HashMap<(Option<u32>, Option<TcpState>), u64>,
     resets_received: [u64; STATE_SLOTS],
+    /// Resets received in ESTABLISHED after `long_established_ns` in it.
+    resets_received_long_established: u64,
     retransmits: u64,
 }
 
@@ -210,6 +219,12 @@ impl Aggregator {
 
     pub fn config(&self) -> &AggregatorConfig {
         &self.cfg
+    }
+
+    /// Changes [`AggregatorConfig::long_established_ns`] for the resets
+    /// received from now on.
+    pub fn set_long_established_ns(&mut self, ns: u64) {
+        self.cfg.long_established_ns = ns;
     }
 
     /// Counts records the kernel dropped (the ring's lost counter).
@@ -347,7 +362,21 @@ impl Aggregator {
             }
             Detail::RecvReset { state } => {
                 let key = self.key_of(ev, note, tracker);
-                self.stats(key).resets_received[slot(state)] += 1;
+                // The reset is traced before the socket's move to CLOSE, so
+                // the tracker still has it in the state the reset hit. Its
+                // time in ESTABLISHED is a proxy for idle time (tracepoints
+                // do not see data); a stay that began before tracing counts
+                // with its lower bound.
+                let long = state == TcpState::Established
+                    && tracker.get(ev.sock_id).is_some_and(|s| {
+                        s.state == TcpState::Established
+                            && s.age_ns(ev.ts_ns).0 >= self.cfg.long_established_ns
+                    });
+                let stats = self.stats(key);
+                stats.resets_received[slot(state)] += 1;
+                if long {
+                    stats.resets_received_long_established += 1;
+                }
             }
         }
     }
@@ -473,6 +502,7 @@ impl Aggregator {
             uptime_s: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,
             events: counts,
             sockets_tracked,
+            findings: Vec::new(),
             // The "other" rows (port None) sort first in the map; show them last.
             ports: {
                 let (other, named): (Vec<_>, Vec<_>) =
@@ -504,6 +534,7 @@ fn empty_row(key: PortKey) -> PortSnapshot {
         handshakes: Handshakes::default(),
         resets_sent: Vec::new(),
         resets_received: BTreeMap::new(),
+        resets_received_long_established: 0,
         retransmits: 0,
         oldest: Vec::new(),
     }
@@ -565,6 +596,7 @@ fn port_snapshot(key: PortKey, s: &PortStats, reasons: &ResetReasons) -> PortSna
         .filter(|(_, n)| **n > 0)
         .filter_map(|(i, n)| state_of_slot(i).map(|st| (st, *n)))
         .collect();
+    row.resets_received_long_established = s.resets_received_long_established;
     row.retransmits = s.retransmits;
     row
 }

@@ -308,6 +308,80 @@ fn resets_are_counted_by_reason_state_before_and_the_state_they_hit() {
 }
 
 #[test]
+fn resets_after_long_in_established_are_counted_apart() {
+    const S: u64 = 1_000_000_000;
+    let mut w = World::new(AggregatorConfig {
+        long_established_ns: 120 * S,
+        ..AggregatorConfig::default()
+    });
+    let r = "10.0.0.9:443";
+    // Three outbound connections, reset by the peer after 10 s, 119 s and
+    // 121 s in ESTABLISHED: only the last one was established that long.
+    for (id, established_s) in [(1u64, 10u64), (2, 119), (3, 121)] {
+        let l = format!("10.0.0.1:{}", 50_000 + id);
+        w.feed(&ev(0, id, "10.0.0.1:0", r, st(Close, SynSent)));
+        w.feed(&ev(MS, id, &l, r, st(SynSent, Established)));
+        let at = MS + established_s * S;
+        w.feed(&ev(at, id, &l, r, Detail::RecvReset { state: Established }));
+        w.feed(&ev(at + 10, id, &l, r, st(Established, Close)));
+    }
+    // A reset in CLOSE_WAIT after long never counts: not ESTABLISHED.
+    w.feed(&ev(0, 4, "10.0.0.1:0", r, st(Close, SynSent)));
+    w.feed(&ev(MS, 4, "10.0.0.1:50004", r, st(SynSent, Established)));
+    w.feed(&ev(2 * MS, 4, "10.0.0.1:50004", r, st(Established, CloseWait)));
+    w.feed(&ev(
+        300 * S,
+        4,
+        "10.0.0.1:50004",
+        r,
+        Detail::RecvReset { state: CloseWait },
+    ));
+    // A socket that predates tracing, seen ESTABLISHED at 0: its age is a
+    // lower bound, and a lower bound of 200 s is long enough.
+    w.tracker.seed(
+        5,
+        Established,
+        1,
+        addr("10.0.0.1:50005"),
+        addr(r),
+        0,
+    );
+    w.feed(&ev(
+        200 * S,
+        5,
+        "10.0.0.1:50005",
+        r,
+        Detail::RecvReset { state: Established },
+    ));
+    let s = w.snap(301 * S);
+    let row = s.port(443, Direction::Out).unwrap();
+    assert_eq!(
+        row.resets_received,
+        BTreeMap::from([(Established, 4), (CloseWait, 1)])
+    );
+    assert_eq!(row.resets_received_long_established, 2);
+
+    // The threshold can change once tracing runs; later resets use it.
+    w.agg.set_long_established_ns(5 * S);
+    w.feed(&ev(0, 6, "10.0.0.1:0", r, st(Close, SynSent)));
+    w.feed(&ev(MS, 6, "10.0.0.1:50006", r, st(SynSent, Established)));
+    w.feed(&ev(
+        10 * S,
+        6,
+        "10.0.0.1:50006",
+        r,
+        Detail::RecvReset { state: Established },
+    ));
+    let s = w.snap(302 * S);
+    assert_eq!(
+        s.port(443, Direction::Out)
+            .unwrap()
+            .resets_received_long_established,
+        3
+    );
+}
+
+#[test]
 fn synack_retransmits_handshake_times_and_failed_handshakes() {
     let mut w = World::new(AggregatorConfig {
         synack_retries: 2,

@@ -38,6 +38,12 @@ pub enum Command {
     /// Stream every TCP event: state changes with time in the old state,
     /// SYN-ACK retransmits, retransmits and resets with their cause.
     Events(EventsArgs),
+    /// Record every TCP event to a file, for `report` and `events --from`
+    /// later, anywhere, without root.
+    Record(RecordArgs),
+    /// The per-port report of a recording (from `record` or the daemon's
+    /// flight recorder), offline: no root, no BPF.
+    Report(ReportArgs),
     /// List the host's TCP sockets now with their state, time in state, service
     /// port, owning process and queues; ages come from a running tcptrace daemon.
     Sockets(SocketsArgs),
@@ -55,6 +61,10 @@ pub struct TraceArgs {
     /// How often the ring buffer is drained when no wake-up arrives.
     #[arg(long, default_value = "10ms", value_parser = parse_duration, value_name = "DURATION")]
     pub poll_interval: Duration,
+    /// Ring buffers (1-4); CPU c writes to ring c % N. More than one spares
+    /// many-core hosts contention on one ring, at the cost of merging by time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4), value_name = "N")]
+    pub rings: u32,
     /// BTF file to read reset-reason names from.
     #[arg(
         long,
@@ -72,6 +82,8 @@ impl TraceArgs {
             // Wake the reader early once a quarter of the ring waits unread.
             wakeup_bytes: u64::from(self.ring_size / 4),
             hooks: self.hooks,
+            rings: self.rings,
+            ..TracerConfig::default()
         }
     }
 }
@@ -99,8 +111,43 @@ pub struct EventsArgs {
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
+    /// Replay a recording instead of tracing (no root needed).
+    #[arg(long, value_name = "FILE", conflicts_with = "duration")]
+    pub from: Option<PathBuf>,
     #[command(flatten)]
     pub trace: TraceArgs,
+}
+
+/// `tcptrace record`: the filters reduce what is written.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The recording to write (created, or truncated if it exists).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Only events with this port on either side (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only this network namespace (inode, as in `ls -l /proc/PID/ns/net`).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A recording made by `tcptrace record` or the daemon's flight recorder.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// One JSON object (the daemon's report format) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only these ports' rows (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "PORT")]
+    pub ports: Vec<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -184,9 +231,14 @@ pub struct DaemonArgs {
     /// Tracepoint flavour [default: auto].
     #[arg(long, value_enum)]
     pub hooks: Option<HookMode>,
+    /// Ring buffers, 1-4 [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4), value_name = "N")]
+    pub rings: Option<u32>,
     /// Drain interval of the ring buffer [default: 10ms].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub poll_interval: Option<Duration>,
+    #[command(flatten)]
+    pub flight: crate::flight::FlightArgs,
 }
 
 #[derive(Debug, Args)]

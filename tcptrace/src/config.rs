@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::cli::{DaemonArgs, TraceArgs, parse_duration, parse_ring_size};
+use crate::findings::FindingsConfig;
 use crate::loader::HookMode;
 use crate::report::Format;
 
@@ -37,8 +38,12 @@ pub struct FileConfig {
     pub ring_size: Option<u32>,
     #[serde(default, deserialize_with = "duration")]
     pub poll_interval: Option<Duration>,
+    pub rings: Option<u32>,
     pub hooks: Option<HookModeName>,
     pub log_level: Option<String>,
+    /// The `[findings]` table: thresholds of the rules (keys as in
+    /// [`FindingsConfig`], each optional; unknown keys are rejected).
+    pub findings: Option<FindingsConfig>,
 }
 
 /// `hooks = "auto" | "btf" | "classic"`.
@@ -121,6 +126,7 @@ pub struct DaemonConfig {
     pub census_interval: Duration,
     pub trace: TraceArgs,
     pub log_level: log::LevelFilter,
+    pub findings: FindingsConfig,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
@@ -151,6 +157,10 @@ impl DaemonConfig {
         if interval.is_zero() {
             return Err(ConfigError("interval must be longer than 0".into()));
         }
+        let findings = file.findings.unwrap_or_default();
+        findings
+            .validate()
+            .map_err(|e| ConfigError(format!("config: findings: {e}")))?;
         Ok(Self {
             interval,
             format: args.format.or(file.format).unwrap_or_default(),
@@ -179,9 +189,14 @@ impl DaemonConfig {
                     .poll_interval
                     .or(file.poll_interval)
                     .unwrap_or(crate::reader::DEFAULT_POLL),
+                rings: match args.rings.or(file.rings).unwrap_or(1) {
+                    n @ 1..=4 => n,
+                    n => return Err(ConfigError(format!("config: rings: {n} is not in 1..=4"))),
+                },
                 btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
             },
             log_level,
+            findings,
         })
     }
 }
@@ -228,6 +243,30 @@ mod tests {
     }
 
     #[test]
+    fn findings_table_overrides_some_thresholds() {
+        let file = FileConfig::parse(
+            "interval = \"30s\"\n[findings]\nclose_wait_count = 50\nclose_wait_age_s = 300\nrefused_per_s = 0.5\n",
+        )
+        .unwrap();
+        let c = DaemonConfig::resolve(daemon_args(&[]), file, None).unwrap();
+        assert_eq!(c.findings.close_wait_count, 50);
+        assert!((c.findings.close_wait_age_s - 300.0).abs() < f64::EPSILON);
+        assert!((c.findings.refused_per_s - 0.5).abs() < f64::EPSILON);
+        // The rest keep their defaults.
+        assert_eq!(
+            FindingsConfig {
+                close_wait_count: 50,
+                close_wait_age_s: 300.0,
+                refused_per_s: 0.5,
+                ..FindingsConfig::default()
+            },
+            c.findings
+        );
+        let d = DaemonConfig::resolve(daemon_args(&[]), FileConfig::default(), None).unwrap();
+        assert_eq!(d.findings, FindingsConfig::default());
+    }
+
+    #[test]
     fn bad_files_name_the_line_and_key() {
         assert_eq!(
             FileConfig::parse("interval = \"60s\"\nintervl = \"5s\"\n")
@@ -258,6 +297,21 @@ mod tests {
             !FileConfig::parse("ports = [80,\n")
                 .unwrap_err()
                 .contains('\n')
+        );
+        let e = FileConfig::parse("[findings]\nclose_wait_count = 5\nclose_wiat_age_s = 1\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("line 3 (`close_wiat_age_s = 1`): unknown field `close_wiat_age_s`"),
+            "{e}"
+        );
+        let negative = DaemonConfig::resolve(
+            daemon_args(&[]),
+            FileConfig::parse("[findings]\nsyn_sent_age_s = -1").unwrap(),
+            None,
+        );
+        assert_eq!(
+            negative.unwrap_err().0,
+            "config: findings: syn_sent_age_s must be a number >= 0, not -1"
         );
         let lvl = DaemonConfig::resolve(
             daemon_args(&[]),

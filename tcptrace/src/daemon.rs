@@ -31,8 +31,10 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    let flight_args = args.flight.clone();
     let cfg = DaemonConfig::resolve(args, file, log_level)?;
     log::set_max_level(cfg.log_level);
+    let flight = crate::flight::FlightRecorder::from_daemon(&flight_args, &cfg)?;
     let agg_cfg = AggregatorConfig {
         max_ports: cfg.max_ports,
         synack_retries: cfg.synack_retries.unwrap_or_else(session::synack_retries),
@@ -40,11 +42,13 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
         ephemeral: session::ephemeral_ports(),
         ..AggregatorConfig::default()
     };
-    let mut session = Session::start(&cfg.trace, agg_cfg)?;
+    let mut session = Session::start(&cfg.trace, agg_cfg, &cfg.ports)?;
+    session.set_findings(cfg.findings.clone());
     for w in &session.tracer.warnings {
         log::warn!("{w}");
     }
     session.start_intervals();
+    session.flight = flight;
     let (started, first) = take_census(cfg.netns).await;
     match first {
         Ok(c) => session.seed(&c, started),
@@ -79,6 +83,7 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
     let mut shutdown = Shutdown::install()?;
     let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("install SIGUSR1 handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("install SIGUSR2 handler")?;
     let mut reports = tokio::time::interval(cfg.interval);
     reports.tick().await;
     let mut metrics_tick = tokio::time::interval(METRICS_REFRESH);
@@ -89,6 +94,7 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
             _ = metrics_tick.tick() => {
                 session.drain()?;
                 let mut snap = session.snapshot();
+                crate::flight::check(&mut session, &snap);
                 select_ports(&mut snap, &cfg.ports, None);
                 publish.send_replace(Arc::new(snap));
             }
@@ -97,6 +103,7 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
                 log::info!("SIGUSR1: report now");
                 write_report(&mut session, &mut sink, &cfg, "interval")?;
             }
+            _ = usr2.recv() => crate::flight::dump(&mut session, "sigusr2", "SIGUSR2"),
             _ = hup.recv() => {
                 log::info!("SIGHUP: reopening the output");
                 sink.reopen()?;

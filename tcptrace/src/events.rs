@@ -13,7 +13,7 @@ use crate::clock::Clock;
 use crate::event::{self, Kind};
 use crate::filter::Filter;
 use crate::format;
-use crate::loader::Tracer;
+use crate::loader::{Tracer, TracerConfig};
 use crate::reader::Reader;
 use crate::reasons::ResetReasons;
 use crate::record::RecordingReader;
@@ -68,7 +68,11 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     if let Some(path) = &args.from {
         return replay(path, filter, args.json);
     }
-    let mut tracer = Tracer::load(args.trace.tracer_config())?;
+    let mut tracer = Tracer::load(TracerConfig {
+        netns: args.netns,
+        ports: args.ports.clone(),
+        ..args.trace.tracer_config()
+    })?;
     for w in &tracer.warnings {
         eprintln!("tcptrace: warning: {w}");
     }
@@ -152,7 +156,13 @@ pub struct Printer<W: Write> {
 
 impl<W: Write> Printer<W> {
     /// Starts the output (the text header unless `json`).
-    pub fn new(mut out: W, json: bool, filter: Filter, clock: Clock, reasons: ResetReasons) -> Self {
+    pub fn new(
+        mut out: W,
+        json: bool,
+        filter: Filter,
+        clock: Clock,
+        reasons: ResetReasons,
+    ) -> Self {
         let result = if json {
             Ok(())
         } else {
@@ -263,11 +273,39 @@ mod tests {
         use TcpState::*;
         vec![
             ev(1_000, 1, "127.0.0.1:8080", "0.0.0.0:0", Close, Listen),
-            ev(2_000, 2, "127.0.0.1:8080", "127.0.0.1:40000", Listen, SynRecv),
-            ev(3_000, 2, "127.0.0.1:8080", "127.0.0.1:40000", SynRecv, Established),
+            ev(
+                2_000,
+                2,
+                "127.0.0.1:8080",
+                "127.0.0.1:40000",
+                Listen,
+                SynRecv,
+            ),
+            ev(
+                3_000,
+                2,
+                "127.0.0.1:8080",
+                "127.0.0.1:40000",
+                SynRecv,
+                Established,
+            ),
             ev(4_000, 3, "127.0.0.1:0", "127.0.0.1:9", Close, SynSent),
-            ev(9_000, 2, "127.0.0.1:8080", "127.0.0.1:40000", Established, CloseWait),
-            ev(309_000, 2, "127.0.0.1:8080", "127.0.0.1:40000", CloseWait, LastAck),
+            ev(
+                9_000,
+                2,
+                "127.0.0.1:8080",
+                "127.0.0.1:40000",
+                Established,
+                CloseWait,
+            ),
+            ev(
+                309_000,
+                2,
+                "127.0.0.1:8080",
+                "127.0.0.1:40000",
+                CloseWait,
+                LastAck,
+            ),
         ]
     }
 
@@ -369,7 +407,11 @@ mod tests {
         let replayed = String::from_utf8(p.out).unwrap();
         let (live, _) = print(filter, true, &records, 3);
         assert_eq!(replayed, live);
-        assert_eq!(replayed.lines().count(), 5 + 1, "5 events on :8080 and the loss");
+        assert_eq!(
+            replayed.lines().count(),
+            5 + 1,
+            "5 events on :8080 and the loss"
+        );
         assert!(replayed.ends_with("{\"kind\":\"lost\",\"count\":3,\"total\":3}\n"));
     }
 }

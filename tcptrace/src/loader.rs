@@ -75,14 +75,27 @@ const HOOKS: [Hook; 5] = [
 ];
 
 /// Settings fixed at load time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TracerConfig {
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
     /// Unread bytes that make a submit wake the reader before its timer does.
     pub wakeup_bytes: u64,
     pub hooks: HookMode,
+    /// Ring buffers, 1..=[`MAX_RINGS`]; CPU c writes to ring c % rings.
+    pub rings: u32,
+    /// Only this network namespace, filtered in the kernel.
+    pub netns: Option<u32>,
+    /// Only sockets with one of these ports on either side, filtered in the
+    /// kernel when there are at most [`MAX_KERNEL_PORTS`].
+    pub ports: Vec<u16>,
 }
+
+/// Ports the kernel-side filter holds (TCPTRACE_MAX_FILTER_PORTS).
+pub const MAX_KERNEL_PORTS: usize = 16;
+
+/// Rings the BPF object provides (TCPTRACE_MAX_RINGS in common.bpf.h).
+pub const MAX_RINGS: u32 = names::RING_MAPS.len() as u32;
 
 impl Default for TracerConfig {
     fn default() -> Self {
@@ -92,6 +105,9 @@ impl Default for TracerConfig {
             ring_bytes: 4 << 20,
             wakeup_bytes: 1 << 20,
             hooks: HookMode::Auto,
+            rings: 1,
+            netns: None,
+            ports: Vec::new(),
         }
     }
 }
@@ -139,11 +155,36 @@ impl Tracer {
         let cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
             .context("count possible CPUs")?;
-        let mut ebpf = EbpfLoader::new()
+        let rings = config.rings.clamp(1, MAX_RINGS);
+        let filter_netns = config.netns.unwrap_or(0);
+        let mut filter_ports = [0u16; MAX_KERNEL_PORTS];
+        // More ports than the kernel filter holds: filter in userspace only.
+        let filter_nports = if config.ports.len() <= MAX_KERNEL_PORTS {
+            filter_ports[..config.ports.len()].copy_from_slice(&config.ports);
+            config.ports.len() as u32
+        } else {
+            log::info!("{} ports: filtering in userspace only", config.ports.len());
+            0
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&btf))
-            .map_max_entries(names::EVENTS_MAP, config.ring_bytes)
             .map_max_entries(names::LOST_MAP, cpus as u32)
             .override_global(names::WAKEUP_BYTES, &config.wakeup_bytes, true)
+            .override_global(names::NR_RINGS, &rings, true)
+            .override_global(names::FILTER_NETNS, &filter_netns, true)
+            .override_global(names::FILTER_NPORTS, &filter_nports, true)
+            .override_global(names::FILTER_PORTS, &filter_ports, true);
+        for (i, name) in names::RING_MAPS.iter().enumerate() {
+            // Unused rings shrink to one page: the smallest ring the kernel makes.
+            let size = if (i as u32) < rings {
+                config.ring_bytes
+            } else {
+                page_size() as u32
+            };
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader
             .load(tcptrace_ebpf::OBJECT)
             .context("load the BPF object")?;
 
@@ -164,13 +205,17 @@ impl Tracer {
             }
         }
 
-        let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS_MAP).context("events map")?)
-            .context("open the ring buffer")?;
+        let mut ring_bufs = Vec::new();
+        for name in &names::RING_MAPS[..rings as usize] {
+            let map = ebpf.take_map(name).with_context(|| format!("map {name}"))?;
+            ring_bufs
+                .push(RingBuf::try_from(map).with_context(|| format!("open ring buffer {name}"))?);
+        }
         let lost = LostCounter::map(ebpf.take_map(names::LOST_MAP).context("lost map")?)
             .context("map the lost-event counter")?;
         Ok(Self {
             _ebpf: ebpf,
-            rings: vec![ring],
+            rings: ring_bufs,
             lost,
             attached,
             warnings,
@@ -198,6 +243,11 @@ impl Tracer {
     }
 }
 
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
 /// The `lost` array, mapped read-only into our memory: reading it needs no
 /// syscall and no privilege, so it keeps working after `--user` drops them.
 struct LostCounter {
@@ -214,8 +264,7 @@ impl LostCounter {
             bail!("the lost map is not an array")
         };
         let slots = data.info().context("lost map info")?.max_entries() as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = page_size();
         let mapped = (slots * 8).div_ceil(page) * page;
         let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: a read-only shared mapping of a BPF_F_MMAPABLE array map's

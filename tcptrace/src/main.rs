@@ -32,6 +32,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Events(args) => tcptrace::events::run(args).await,
+            Command::Record(args) => tcptrace::recorder::record(args).await,
+            Command::Report(args) => tcptrace::recorder::report(&args),
             Command::Sockets(args) => tcptrace::sockets::run(args).await,
             Command::Watch(args) => tcptrace::watch::run(args).await,
             Command::Daemon(args) => tcptrace::daemon::run(args, cli.log_level).await,

@@ -208,7 +208,9 @@ impl Header {
         let n_reasons = c.u32("reasons")?;
         // Each takes at least 6 bytes: a count larger than what is left is a lie.
         if u64::from(n_reasons) * 6 > (body.len() - c.pos) as u64 {
-            return Err(format!("{n_reasons} reset reasons do not fit in the header"));
+            return Err(format!(
+                "{n_reasons} reset reasons do not fit in the header"
+            ));
         }
         let mut reasons = Vec::with_capacity(n_reasons as usize);
         for _ in 0..n_reasons {
@@ -341,7 +343,8 @@ impl<W: Write> RecordingWriter<W> {
         }
         let n = record.len().min(self.record_size);
         self.block.extend_from_slice(&record[..n]);
-        self.block.resize(self.block.len() + self.record_size - n, 0);
+        self.block
+            .resize(self.block.len() + self.record_size - n, 0);
         if let Some(ts) = record.get(..8) {
             let ts = u64::from_le_bytes(ts.try_into().unwrap_or_default());
             self.last_ts = self.last_ts.max(ts);

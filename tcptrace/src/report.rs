@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::snapshot::{PortSnapshot, Snapshot};
 use crate::tcp::TcpState;
 use crate::view::human::{age, duration_s, duration_us, rate};
-use crate::view::port_label;
+use crate::view::{findings_text, port_label};
 
 /// One report: the snapshot of an interval and how long the interval was.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,7 +50,8 @@ const STATES: [TcpState; 9] = [
     TcpState::Closing,
 ];
 
-/// The text form: a header line, then a block per port.
+/// The text form: a header line, the findings of the interval, then a block
+/// per port.
 pub fn text(r: &Report) -> String {
     let s = &r.snapshot;
     let per_s = if r.interval_s > 0.0 {
@@ -76,6 +77,7 @@ pub fn text(r: &Report) -> String {
             s.events.lost
         );
     }
+    out.push_str(&findings_text(&s.findings.iter().collect::<Vec<_>>()));
     if s.ports.is_empty() {
         out.push_str("no TCP activity\n");
     }

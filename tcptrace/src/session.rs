@@ -11,7 +11,8 @@ use crate::census::NetnsCensus;
 use crate::cli::TraceArgs;
 use crate::clock::Clock;
 use crate::event;
-use crate::loader::{Attachment, Tracer};
+use crate::findings::{self, FindingsConfig};
+use crate::loader::{Attachment, Tracer, TracerConfig};
 use crate::reader::Reader;
 use crate::reasons::ResetReasons;
 use crate::snapshot::{AcceptQueue, Snapshot};
@@ -41,11 +42,21 @@ pub struct Session {
     /// Sockets are keyed by cookie, the same id sock_diag reports, so the
     /// census can seed and prune the tracker (not so with classic hooks).
     cookies: bool,
+    /// The daemon's flight recorder: keeps the last records drained.
+    pub flight: Option<crate::flight::FlightRecorder>,
+    /// Thresholds of the findings every snapshot carries.
+    findings: FindingsConfig,
 }
 
 impl Session {
-    pub fn start(trace: &TraceArgs, cfg: AggregatorConfig) -> Result<Self> {
-        let mut tracer = Tracer::load(trace.tracer_config())?;
+    /// `ports`: filtered in the kernel (either side), as the aggregator's
+    /// namespace is.
+    pub fn start(trace: &TraceArgs, cfg: AggregatorConfig, ports: &[u16]) -> Result<Self> {
+        let mut tracer = Tracer::load(TracerConfig {
+            netns: cfg.netns,
+            ports: ports.to_vec(),
+            ..trace.tracer_config()
+        })?;
         let reasons = ResetReasons::from_btf_file(&trace.btf).unwrap_or_else(|e| {
             log::warn!("reset reasons will print as numbers: {e:#}");
             ResetReasons::default()
@@ -55,6 +66,10 @@ impl Session {
             .attached
             .iter()
             .any(|(name, how)| *name == "inet_sock_set_state" && *how == Attachment::Btf);
+        let findings = FindingsConfig {
+            ephemeral: cfg.ephemeral.clone(),
+            ..FindingsConfig::default()
+        };
         Ok(Self {
             tracer,
             reader,
@@ -64,7 +79,28 @@ impl Session {
             clock: Clock::now(),
             interval: None,
             cookies,
+            flight: None,
+            findings,
         })
+    }
+
+    /// The thresholds of findings (`watch` keeps the defaults, the daemon
+    /// takes its config's `[findings]`). Call right after [`Session::start`]:
+    /// `half_open_after_s` decides what the aggregators count from then on.
+    pub fn set_findings(&mut self, cfg: FindingsConfig) {
+        let long = cfg.half_open_after_ns();
+        self.agg.set_long_established_ns(long);
+        if let Some(i) = &mut self.interval {
+            i.agg.set_long_established_ns(long);
+        }
+        self.findings = FindingsConfig {
+            ephemeral: self.agg.config().ephemeral.clone(),
+            ..cfg
+        };
+    }
+
+    pub fn findings_config(&self) -> &FindingsConfig {
+        &self.findings
     }
 
     /// Decodes, tracks and aggregates everything waiting in the rings, and
@@ -72,20 +108,29 @@ impl Session {
     pub fn drain(&mut self) -> Result<usize> {
         let (tracker, agg) = (&mut self.tracker, &mut self.agg);
         let mut interval = self.interval.as_mut().map(|i| &mut i.agg);
-        let n = self.reader.drain(|bytes| match event::decode(bytes) {
-            Ok(ev) => {
-                let note = tracker.observe(&ev);
-                agg.add(&ev, &note, tracker);
-                if let Some(i) = interval.as_deref_mut() {
-                    i.add(&ev, &note, tracker);
-                }
+        let mut flight = self.flight.as_mut();
+        let n = self.reader.drain(|bytes| {
+            if let Some(f) = flight.as_deref_mut() {
+                f.push(bytes);
             }
-            Err(e) => {
-                log::debug!("undecodable record: {e}");
-                agg.add_undecodable(1);
+            match event::decode(bytes) {
+                Ok(ev) => {
+                    let note = tracker.observe(&ev);
+                    agg.add(&ev, &note, tracker);
+                    if let Some(i) = interval.as_deref_mut() {
+                        i.add(&ev, &note, tracker);
+                    }
+                }
+                Err(e) => {
+                    log::debug!("undecodable record: {e}");
+                    agg.add_undecodable(1);
+                }
             }
         });
         let lost = self.tracer.lost_events()?;
+        if let Some(f) = &mut self.flight {
+            f.set_lost(lost);
+        }
         self.agg.set_lost(lost);
         if let Some(i) = &mut self.interval {
             i.agg.set_lost(lost - i.lost_at_start);
@@ -93,10 +138,14 @@ impl Session {
         Ok(n)
     }
 
+    /// The cumulative snapshot (since tracing started), with its findings
+    /// over that whole time.
     pub fn snapshot(&mut self) -> Snapshot {
         let now = Clock::monotonic_now_ns();
         let time = self.clock.wall_ms(now);
-        self.agg.snapshot(&self.tracker, now, time, &self.reasons)
+        let mut snap = self.agg.snapshot(&self.tracker, now, time, &self.reasons);
+        snap.findings = findings::evaluate(&snap, snap.uptime_s, &self.findings);
+        snap
     }
 
     /// Starts keeping per-interval aggregates beside the cumulative ones.
@@ -124,8 +173,11 @@ impl Session {
         done.agg.set_census(self.agg.census().clone());
         done.agg
             .add_undecodable(self.agg.undecodable() - done.undecodable_at_start);
-        let snap = done.agg.snapshot(&self.tracker, now, time, &self.reasons);
-        Some((snap, now.saturating_sub(done.started_ns) as f64 / 1e9))
+        let mut snap = done.agg.snapshot(&self.tracker, now, time, &self.reasons);
+        let interval_s = now.saturating_sub(done.started_ns) as f64 / 1e9;
+        // Events counted over the interval; sockets now and ages as of now.
+        snap.findings = findings::evaluate(&snap, interval_s, &self.findings);
+        Some((snap, interval_s))
     }
 
     /// What tracking knows of each live socket now (for `tcptrace sockets`).

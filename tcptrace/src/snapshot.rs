@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::findings::Finding;
 use crate::tcp::TcpState;
 
 /// Which side of a connection the port is on.
@@ -39,6 +40,9 @@ pub struct Snapshot {
     /// One entry per (port, direction), sorted; the "other" row (port `None`),
     /// if any, comes last.
     pub ports: Vec<PortSnapshot>,
+    /// What the numbers mean (`findings::evaluate`), most severe first.
+    #[serde(default)]
+    pub findings: Vec<Finding>,
 }
 
 /// Everything counted about the event stream itself. `lost` and `untracked`
@@ -78,6 +82,12 @@ pub struct PortSnapshot {
     pub resets_sent: Vec<ResetCount>,
     /// Resets received, by the state they hit.
     pub resets_received: BTreeMap<TcpState, u64>,
+    /// Of the resets received in ESTABLISHED, those that hit a connection
+    /// ESTABLISHED for at least `AggregatorConfig::long_established_ns`
+    /// (default 120 s): half-open connections. Time in ESTABLISHED stands in
+    /// for idle time, which tracepoints cannot see (they see no data).
+    #[serde(default)]
+    pub resets_received_long_established: u64,
     /// Data segments retransmitted (tcp_retransmit_skb).
     pub retransmits: u64,
     /// The longest-lived sockets in a non-LISTEN state, oldest first (at most 10).

@@ -30,7 +30,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         ephemeral: session::ephemeral_ports(),
         ..AggregatorConfig::default()
     };
-    let mut session = Session::start(&args.trace, cfg)?;
+    let mut session = Session::start(&args.trace, cfg, &args.ports)?;
+    session.set_findings(crate::findings::FindingsConfig::default());
     for w in &session.tracer.warnings {
         eprintln!("tcptrace: warning: {w}");
     }
@@ -92,12 +93,16 @@ pub fn apply_census(session: &mut Session, (started, result): CensusResult) {
     }
 }
 
-/// Keeps the rows the user asked for.
+/// Keeps the rows the user asked for, and the findings about them (and the
+/// host-wide ones).
 pub fn select_ports(snap: &mut Snapshot, ports: &[u16], direction: Option<Direction>) {
-    snap.ports.retain(|p| {
-        (ports.is_empty() || p.port.is_some_and(|n| ports.contains(&n)))
-            && direction.is_none_or(|d| d == p.direction)
-    });
+    let wanted = |port: Option<u16>, dir: Direction| {
+        (ports.is_empty() || port.is_some_and(|n| ports.contains(&n)))
+            && direction.is_none_or(|d| d == dir)
+    };
+    snap.ports.retain(|p| wanted(p.port, p.direction));
+    snap.findings
+        .retain(|f| f.direction.is_none_or(|d| wanted(f.port, d)));
 }
 
 /// The full-screen view: the session feeds a snapshot every interval to

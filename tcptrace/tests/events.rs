@@ -475,3 +475,84 @@ fn every_event_is_either_shown_or_counted_lost_with_a_tiny_ring() {
         "{summary}"
     );
 }
+
+/// (ring buffers of `size` bytes, one-page ring buffers) a process holds, from fdinfo.
+fn ring_buffers(pid: u32, size: u64) -> (usize, usize) {
+    let infos: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .collect();
+    // BPF_MAP_TYPE_RINGBUF is 27 (include/uapi/linux/bpf.h).
+    let rings: Vec<u64> = infos
+        .iter()
+        .filter(|i| {
+            i.lines()
+                .any(|l| l.split_whitespace().eq(["map_type:", "27"]))
+        })
+        .filter_map(|i| {
+            i.lines()
+                .find_map(|l| l.strip_prefix("max_entries:"))
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .collect();
+    (
+        rings.iter().filter(|s| **s == size).count(),
+        rings.iter().filter(|s| **s == 4096).count(),
+    )
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn two_rings_give_the_same_sequences_merged_by_time() {
+    let ns = Netns::new("rings");
+    let trace = Trace::events(&ns, &["--rings", "2", "--ring-size", "1M"]);
+    // Two rings of the asked size in use; the object's other two shrank to a page.
+    assert_eq!(ring_buffers(trace.pid(), 1 << 20), (2, 2));
+    // Spread the work over both CPUs so that both rings carry events.
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            ns.spawn(|| {
+                let mut done = Vec::new();
+                for _ in 0..20 {
+                    let l = listen("127.0.0.1:0");
+                    let (c, mut s) = connect_accept(&l);
+                    let client = c.local_addr().unwrap();
+                    drop(c);
+                    assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
+                    drop(s);
+                    done.push(OpenClose {
+                        client,
+                        listener: l.local_addr().unwrap(),
+                    });
+                }
+                done
+            })
+        })
+        .collect();
+    let done: Vec<OpenClose> = runs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let events = trace.stop_json();
+    for oc in &done {
+        let client = oc.client.to_string();
+        let est = the(&events, "client ESTABLISHED", |e| {
+            state_is(e, "SYN_SENT", "ESTABLISHED") && e["local"] == client.as_str()
+        });
+        assert_eq!(
+            transitions(&by_sock(&events, &est["sock"])),
+            CLIENT_CLOSES_FIRST
+        );
+        let child = the(&events, "server child", |e| {
+            state_is(e, "LISTEN", "SYN_RECV") && e["remote"] == client.as_str()
+        });
+        assert_eq!(
+            transitions(&by_sock(&events, &child["sock"])),
+            SERVER_CLOSES_SECOND
+        );
+        // Merged by time: every socket's events are in timestamp order.
+        let ts: Vec<u64> = by_sock(&events, &est["sock"])
+            .iter()
+            .map(|e| e["ts_ns"].as_u64().unwrap())
+            .collect();
+        assert!(ts.is_sorted(), "{ts:?}");
+    }
+    assert_eq!(events.len(), 40 * 12);
+}

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tcptrace::findings::{FindingsConfig, evaluate};
 use tcptrace::metrics::{self, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 use tcptrace::snapshot::{
     AcceptQueue, Bucket, Direction, Dwell, EventCounts, Handshakes, PortSnapshot, ResetCount,
@@ -69,6 +70,7 @@ fn row(port: Option<u16>, direction: Direction) -> PortSnapshot {
             },
         ],
         resets_received: BTreeMap::from([(TcpState::SynSent, 8)]),
+        resets_received_long_established: 0,
         retransmits: 11,
         oldest: Vec::new(),
     }
@@ -76,8 +78,9 @@ fn row(port: Option<u16>, direction: Direction) -> PortSnapshot {
 
 /// Every metric family with series, the same port in both directions, and
 /// "other" rows in both directions.
+/// With its findings (`tcptrace_findings`), host-wide ones included.
 fn sample() -> Snapshot {
-    Snapshot {
+    let mut snap = Snapshot {
         time: "2026-01-01T00:00:00Z".to_string(),
         uptime_s: 60.0,
         events: EventCounts {
@@ -95,7 +98,11 @@ fn sample() -> Snapshot {
             row(None, Direction::In),
             row(None, Direction::Out),
         ],
-    }
+        findings: Vec::new(),
+    };
+    snap.findings = evaluate(&snap, snap.uptime_s, &FindingsConfig::default());
+    assert!(snap.findings.len() > 4, "{:?}", snap.findings);
+    snap
 }
 
 #[test]

@@ -38,6 +38,7 @@ int main(void)
 	FIELD(oldstate);
 	FIELD(newstate);
 	FIELD(flags);
+	FIELD(ring);
 	FIELD(pad);
 	FIELD(comm);
 	printf("];\n");

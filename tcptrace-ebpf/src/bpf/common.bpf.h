@@ -30,11 +30,27 @@
 #define TCPTRACE_EXTERN extern
 #endif
 
-/* One ring for all CPUs; userspace sizes it (set_max_entries) before load. */
-TCPTRACE_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20);
-} events SEC(".maps");
+/*
+ * Up to TCPTRACE_MAX_RINGS ring buffers; CPU c writes to ring c % nr_rings.
+ * One ring keeps global order and suits small hosts; on many-core hosts
+ * several rings spare the CPUs contention on one ring's reserve lock, and the
+ * reader merges them by timestamp. Userspace sizes the used rings and shrinks
+ * the others to one page before load. Separate maps rather than an array of
+ * ring buffers: a map-in-map costs a lookup per event.
+ */
+#define TCPTRACE_MAX_RINGS 4
+#define TCPTRACE_RING(name)                          \
+	TCPTRACE_EXTERN struct {                     \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);  \
+		__uint(max_entries, 4 << 20);        \
+	} name SEC(".maps")
+TCPTRACE_RING(events);
+TCPTRACE_RING(events1);
+TCPTRACE_RING(events2);
+TCPTRACE_RING(events3);
+
+/* Rings in use, 1..TCPTRACE_MAX_RINGS. Set before load. */
+TCPTRACE_EXTERN const volatile __u32 nr_rings;
 
 /*
  * Failed ring reservations, one slot per CPU so that CPUs never contend for a
@@ -59,10 +75,61 @@ TCPTRACE_EXTERN struct {
  */
 TCPTRACE_EXTERN const volatile __u64 wakeup_bytes;
 
+/*
+ * In-kernel filters, set before load; 0 means "any". Filtering here, before a
+ * record is reserved, costs a few reads per event when a filter is set and
+ * nothing otherwise, keeps the ring for the events that are wanted, and makes
+ * the lost count about those events only.
+ */
+#define TCPTRACE_MAX_FILTER_PORTS 16
+TCPTRACE_EXTERN const volatile __u32 filter_netns;
+TCPTRACE_EXTERN const volatile __u32 filter_nports;
+TCPTRACE_EXTERN const volatile __u16 filter_ports[TCPTRACE_MAX_FILTER_PORTS];
+
+static __always_inline bool port_listed(__u16 port)
+{
+	for (int i = 0; i < TCPTRACE_MAX_FILTER_PORTS; i++) {
+		if (i >= filter_nports)
+			break;
+		if (port && filter_ports[i] == port)
+			return true;
+	}
+	return false;
+}
+
+/* Whether a socket's events are wanted. The local port is read both from
+ * skc_num and, for full sockets, inet_sport (skc_num is 0 at the final CLOSE). */
+static __always_inline bool sock_wanted(const struct sock_common *skc, bool full)
+{
+	if (filter_netns && BPF_CORE_READ(skc, skc_net.net, ns.inum) != filter_netns)
+		return false;
+	if (!filter_nports)
+		return true;
+	if (port_listed(BPF_CORE_READ(skc, skc_num)) ||
+	    port_listed(bpf_ntohs(BPF_CORE_READ(skc, skc_dport))))
+		return true;
+	return full && port_listed(bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)skc, inet_sport)));
+}
+
+/* Each ring is a distinct map the verifier must see as a constant. */
+#define TCPTRACE_ON_RING(ring, call, ...)                 \
+	({                                                \
+		__typeof__(call(&events, ##__VA_ARGS__)) r_;  \
+		switch (ring) {                           \
+		case 1: r_ = call(&events1, ##__VA_ARGS__); break; \
+		case 2: r_ = call(&events2, ##__VA_ARGS__); break; \
+		case 3: r_ = call(&events3, ##__VA_ARGS__); break; \
+		default: r_ = call(&events, ##__VA_ARGS__); break; \
+		}                                         \
+		r_;                                       \
+	})
+
 /* Reserve a zeroed record, or count the loss. */
 static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
 {
-	struct tcptrace_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	__u32 ring = nr_rings > 1 ? bpf_get_smp_processor_id() % nr_rings : 0;
+	struct tcptrace_event *e =
+		TCPTRACE_ON_RING(ring, bpf_ringbuf_reserve, sizeof(struct tcptrace_event), 0);
 
 	if (!e) {
 		__u32 cpu = bpf_get_smp_processor_id();
@@ -76,6 +143,7 @@ static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->kind = kind;
+	e->ring = ring;
 	e->ts_ns = bpf_ktime_get_ns();
 	return e;
 }
@@ -84,7 +152,7 @@ static __always_inline void event_submit(struct tcptrace_event *e)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
 
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+	if (TCPTRACE_ON_RING(e->ring, bpf_ringbuf_query, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
 		flags = BPF_RB_FORCE_WAKEUP;
 	bpf_ringbuf_submit(e, flags);
 }

@@ -15,12 +15,36 @@
  * so the state read here is CLOSE: userspace takes the state before the reset
  * from the socket's previous transition.
  */
+/* The filters for a reset: the socket's, or for a packet without one its
+ * device's namespace and its ports. */
+static __always_inline bool reset_wanted(const struct sock *sk, const struct sk_buff *skb)
+{
+	struct tcphdr tcp;
+	unsigned char *head;
+
+	if (sk)
+		return sock_wanted(&sk->__sk_common, false);
+	if (!skb)
+		return false;
+	if (filter_netns && net_inum(BPF_CORE_READ(skb, dev, nd_net.net)) != filter_netns)
+		return false;
+	if (!filter_nports)
+		return true;
+	head = BPF_CORE_READ(skb, head);
+	if (bpf_probe_read_kernel(&tcp, sizeof(tcp), head + BPF_CORE_READ(skb, transport_header)))
+		return false;
+	return port_listed(bpf_ntohs(tcp.dest)) || port_listed(bpf_ntohs(tcp.source));
+}
+
 static __always_inline void emit_send_reset(const struct sock *sk, const struct sk_buff *skb,
 					    __u64 sock_id, __u8 id_flags, __u32 reason,
 					    bool has_reason)
 {
-	struct tcptrace_event *e = event_reserve(TCPTRACE_SEND_RESET);
+	struct tcptrace_event *e;
 
+	if (!reset_wanted(sk, skb))
+		return;
+	e = event_reserve(TCPTRACE_SEND_RESET);
 	if (!e)
 		return;
 	e->flags = id_flags;
@@ -47,8 +71,11 @@ static __always_inline void emit_send_reset(const struct sock *sk, const struct 
 static __always_inline void emit_receive_reset(const struct sock *sk, __u64 sock_id,
 					       __u8 id_flags)
 {
-	struct tcptrace_event *e = event_reserve(TCPTRACE_RECV_RESET);
+	struct tcptrace_event *e;
 
+	if (!sock_wanted(&sk->__sk_common, true))
+		return;
+	e = event_reserve(TCPTRACE_RECV_RESET);
 	if (!e)
 		return;
 	e->sock_id = sock_id;

@@ -17,9 +17,12 @@
 static __always_inline void emit_synack(const struct sock *listener, __u64 sock_id,
 					__u8 id_flags, const struct request_sock *req)
 {
-	struct tcptrace_event *e = event_reserve(TCPTRACE_SYNACK_RETRANS);
+	struct tcptrace_event *e;
 	__u64 first_us, now_us;
 
+	if (!sock_wanted(&req->__req_common, false))
+		return;
+	e = event_reserve(TCPTRACE_SYNACK_RETRANS);
 	if (!e)
 		return;
 	e->sock_id = sock_id;
@@ -38,7 +41,8 @@ static __always_inline void emit_retrans(const struct sock *sk, __u64 sock_id, _
 {
 	struct tcptrace_event *e;
 
-	if (!family_is_inet(BPF_CORE_READ(sk, __sk_common.skc_family)))
+	if (!family_is_inet(BPF_CORE_READ(sk, __sk_common.skc_family)) ||
+	    !sock_wanted(&sk->__sk_common, true))
 		return;
 	e = event_reserve(TCPTRACE_RETRANS);
 	if (!e)

@@ -31,7 +31,7 @@ static __always_inline void emit_state(const struct sock *sk, __u64 sock_id, __u
 	struct tcptrace_event *e;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
-	if (!family_is_inet(family))
+	if (!family_is_inet(family) || !sock_wanted(&sk->__sk_common, true))
 		return;
 	e = event_reserve(TCPTRACE_STATE);
 	if (!e)

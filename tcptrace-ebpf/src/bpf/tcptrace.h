@@ -54,7 +54,8 @@ struct tcptrace_event {
 	__u8 oldstate;        /* STATE: old state; RESET kinds: state at the hook */
 	__u8 newstate;        /* STATE: new state */
 	__u8 flags;           /* enum tcptrace_flags */
-	__u8 pad[2];
+	__u8 ring;            /* the ring it was written to (BPF side bookkeeping) */
+	__u8 pad;
 	char comm[16];        /* TCPTRACE_F_TASK only */
 };
 

@@ -449,6 +449,31 @@ impl Collector for SnapshotCollector {
             "tcptrace_accept_queue_max",
             "Accept queue limit (backlog) of the port's listeners.",
             queues.iter().map(|(labels, q)| (labels.clone(), q.max)),
+        )?;
+        gauge(
+            e,
+            "tcptrace_findings",
+            "Active findings, 1 each (see the README's Findings section); port is \"other\" for the folded rows and \"all\" (direction too) for host-wide findings.",
+            snap.findings.iter().map(|f| (finding_labels(f), 1u32)),
         )
     }
+}
+
+/// `rule`, `port`, `direction`, `severity` of a finding. Each rule fires at
+/// most once per row, so the label sets are unique.
+fn finding_labels(f: &crate::findings::Finding) -> Labels {
+    let (port, direction) = match f.direction {
+        None => ("all".to_string(), "all".to_string()),
+        Some(d) => (
+            f.port
+                .map_or_else(|| "other".to_string(), |p| p.to_string()),
+            d.name().to_string(),
+        ),
+    };
+    vec![
+        ("rule", f.rule.name().to_string()),
+        ("port", port),
+        ("direction", direction),
+        ("severity", f.severity.name().to_string()),
+    ]
 }

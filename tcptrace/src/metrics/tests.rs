@@ -18,6 +18,7 @@ fn row(port: Option<u16>, direction: Direction) -> PortSnapshot {
         handshakes: Handshakes::default(),
         resets_sent: Vec::new(),
         resets_received: BTreeMap::new(),
+        resets_received_long_established: 0,
         retransmits: 0,
         oldest: Vec::new(),
     }
@@ -112,6 +113,7 @@ fn sample() -> Snapshot {
         },
         sockets_tracked: 4,
         ports: vec![refused, web, web_out, other],
+        findings: Vec::new(),
     }
 }
 
@@ -321,7 +323,44 @@ fn every_family_is_described() {
         }
     }
     assert!(!text.contains("{}"), "{text}");
-    assert_eq!(text.matches("# TYPE ").count(), 18);
+    assert_eq!(text.matches("# TYPE ").count(), 19);
+}
+
+/// One gauge of 1 per finding, labelled by rule, port, direction, severity.
+#[test]
+fn findings_are_gauges_of_one() {
+    use crate::findings::{FindingsConfig, evaluate};
+    let mut snap = sample();
+    snap.events.lost = 3;
+    snap.findings = evaluate(&snap, snap.uptime_s, &FindingsConfig::default());
+    assert_eq!(snap.findings.len(), 2, "{:#?}", snap.findings);
+    let text = encode(&snap);
+    has(&text, "# TYPE tcptrace_findings gauge");
+    // 12 resets for packets that matched no socket on a port nobody listens on.
+    has(
+        &text,
+        r#"tcptrace_findings{rule="no_listener",port="9",direction="in",severity="warning"} 1"#,
+    );
+    // 3 lost of 33: host-wide, and critical (above 1 %).
+    has(
+        &text,
+        r#"tcptrace_findings{rule="lost_events",port="all",direction="all",severity="critical"} 1"#,
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("tcptrace_findings{"))
+            .count(),
+        2
+    );
+    // Without findings, the family is there with no samples.
+    let text = encode(&sample());
+    has(&text, "# TYPE tcptrace_findings gauge");
+    assert!(!text.contains("tcptrace_findings{"));
+    let open = encode_openmetrics(&snap);
+    has(
+        &open,
+        r#"tcptrace_findings{rule="no_listener",port="9",direction="in",severity="warning"} 1"#,
+    );
 }
 
 #[test]

@@ -5,12 +5,16 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Modifier, Style};
+use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::Paragraph;
 
 use super::human::{age, bar, duration_us, rate, spark, width};
-use super::{Align, PortRates, Rates, RowKey, STATES, pad, port_label, resets_received};
+use super::{
+    Align, PortRates, Rates, RowKey, STATES, findings_of, pad, port_label, resets_received,
+    severity_tag,
+};
+use crate::findings::Severity;
 use crate::snapshot::{Bucket, Dwell, PortSnapshot, Snapshot};
 use crate::tcp::TcpState;
 
@@ -47,10 +51,12 @@ pub(super) fn render(
         return;
     };
     let rates = rates.of(row);
+    let found = findings_section(snap, (port, dir));
     let dwell = dwell_section(row, dwell_state);
     let oldest = oldest_section(row);
-    let [sum, dwell_area, mid, oldest_area] = Layout::vertical([
+    let [sum, found_area, dwell_area, mid, oldest_area] = Layout::vertical([
         Constraint::Length(1),
+        Constraint::Length(found.len() as u16),
         Constraint::Length(dwell.len() as u16),
         Constraint::Min(3),
         Constraint::Length(oldest.len() as u16),
@@ -61,6 +67,7 @@ pub(super) fn render(
         .spacing(2)
         .areas(mid);
     draw(frame, sum, vec![title(summary(row, rates))]);
+    draw(frame, found_area, found);
     draw(frame, dwell_area, dwell);
     draw(
         frame,
@@ -105,6 +112,36 @@ fn table(headers: &[(&str, Align)], rows: &[Vec<String>]) -> Vec<String> {
         rows.iter()
             .map(|r| line(r.iter().map(String::as_str).collect())),
     );
+    out
+}
+
+/// How a finding's severity is drawn: critical red, warning yellow, info cyan.
+pub(super) fn severity_style(s: Severity) -> Style {
+    match s {
+        Severity::Critical => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        Severity::Warning => Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+        Severity::Info => Style::new().fg(Color::Cyan),
+    }
+}
+
+/// The findings of the port with their evidence, cause and next step.
+pub(super) fn findings_section(snap: &Snapshot, row: RowKey) -> Vec<Styled> {
+    let found = findings_of(snap, row);
+    if found.is_empty() {
+        return vec![(
+            "no findings for this port".to_string(),
+            Style::new().add_modifier(Modifier::DIM),
+        )];
+    }
+    let mut out = vec![title(format!("findings {}", found.len()))];
+    for f in found {
+        out.push((
+            format!("{} {}: {}", severity_tag(f.severity), f.rule, f.evidence),
+            severity_style(f.severity),
+        ));
+        out.push(plain(format!("     cause: {}", f.cause)));
+        out.push(plain(format!("     next:  {}", f.action)));
+    }
     out
 }
 

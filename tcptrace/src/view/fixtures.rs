@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::findings::{FindingsConfig, evaluate};
 use crate::snapshot::{
     AcceptQueue, Bucket, Direction, Dwell, EventCounts, Handshakes, PortSnapshot, ResetCount,
     Snapshot, StateSnapshot, StuckSocket,
@@ -20,6 +21,7 @@ fn port(port: Option<u16>, direction: Direction) -> PortSnapshot {
         handshakes: Handshakes::default(),
         resets_sent: Vec::new(),
         resets_received: BTreeMap::new(),
+        resets_received_long_established: 0,
         retransmits: 0,
         oldest: Vec::new(),
     }
@@ -165,7 +167,7 @@ pub fn incident() -> Snapshot {
     other.transitions = 100;
     other.states.insert(TcpState::Established, now(5));
 
-    Snapshot {
+    let mut snap = Snapshot {
         time: "2024-05-01T12:00:00Z".to_string(),
         uptime_s: 3_600.0,
         events: EventCounts {
@@ -178,7 +180,17 @@ pub fn incident() -> Snapshot {
         },
         sockets_tracked: 480,
         ports: vec![discard, pg, web, other],
-    }
+        findings: Vec::new(),
+    };
+    with_findings(&mut snap);
+    snap
+}
+
+/// Fills in the findings as a session does for a cumulative snapshot: over
+/// the whole uptime, default thresholds. For [`incident`]: CLOSE_WAIT on
+/// 8080 in (critical) and the lost events (warning).
+pub fn with_findings(snap: &mut Snapshot) {
+    snap.findings = evaluate(snap, snap.uptime_s, &FindingsConfig::default());
 }
 
 /// Two seconds after [`incident`]: 8080 made 50 transitions, 9 got 4 more
@@ -202,5 +214,6 @@ pub fn later() -> Snapshot {
     tls.transitions = 8;
     tls.resets_received.insert(TcpState::Established, 2);
     s.ports.insert(1, tls);
+    with_findings(&mut s);
     s
 }

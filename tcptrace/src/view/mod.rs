@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
+use crate::findings::{Finding, Severity};
 use crate::snapshot::{Direction, PortSnapshot, Snapshot};
 use crate::tcp::TcpState;
 
@@ -377,6 +378,67 @@ pub fn totals(snap: &Snapshot, rates: &Rates) -> [String; 3] {
         let _ = write!(after, "  undecodable {}", e.undecodable);
     }
     [before, format!("LOST {}", e.lost), after]
+}
+
+/// The findings about the rows `opts` selects, and the host-wide ones (lost
+/// events), in the snapshot's order (most severe first).
+pub fn findings<'a>(snap: &'a Snapshot, opts: &TableOptions) -> Vec<&'a Finding> {
+    snap.findings
+        .iter()
+        .filter(|f| {
+            f.direction.is_none_or(|d| {
+                opts.direction.is_none_or(|o| o == d)
+                    && (opts.ports.is_empty() || f.port.is_some_and(|p| opts.ports.contains(&p)))
+            })
+        })
+        .collect()
+}
+
+/// The findings of one row, without the host-wide ones.
+pub fn findings_of<'a>(snap: &'a Snapshot, (port, dir): RowKey) -> Vec<&'a Finding> {
+    snap.findings
+        .iter()
+        .filter(|f| f.direction == Some(dir) && f.port == port)
+        .collect()
+}
+
+/// The severity as a fixed-width tag: `CRIT`, `WARN`, `INFO`.
+pub fn severity_tag(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "CRIT",
+        Severity::Warning => "WARN",
+        Severity::Info => "INFO",
+    }
+}
+
+/// A finding in three lines: what and the evidence, the cause, the next step.
+pub fn finding_lines(f: &Finding) -> [String; 3] {
+    [
+        format!(
+            "{} {} {}: {}",
+            severity_tag(f.severity),
+            f.location(),
+            f.rule,
+            f.evidence
+        ),
+        format!("     cause: {}", f.cause),
+        format!("     next:  {}", f.action),
+    ]
+}
+
+/// The `findings:` section of the plain table and the text reports: `none`,
+/// or three lines per finding, indented.
+pub fn findings_text(findings: &[&Finding]) -> String {
+    if findings.is_empty() {
+        return "findings: none\n".to_string();
+    }
+    let mut out = format!("findings: {}\n", findings.len());
+    for f in findings {
+        for line in finding_lines(f) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
 }
 
 /// [`totals`] as one line.

@@ -5,9 +5,10 @@
 use crate::snapshot::Snapshot;
 
 pub use super::TableOptions;
-use super::{cells, columns, pad, rates_or_average, rows, totals_line, widths};
+use super::{cells, columns, findings, findings_text, pad, rates_or_average, rows, totals_line, widths};
 
-/// The table for `snap`: a totals line, a header and one line per port.
+/// The table for `snap`: a totals line, a header, one line per port, then
+/// the findings about those ports (`findings: none`, or three lines each).
 ///
 /// Rates (`events/s`, `/s`) are over the time since `prev`; without `prev`
 /// they are averages since tracing started, and the totals line says `avg`.
@@ -39,6 +40,7 @@ pub fn render_table(snap: &Snapshot, prev: Option<&Snapshot>, opts: &TableOption
     if body.is_empty() {
         out.push_str("(no ports match)\n");
     }
+    out.push_str(&findings_text(&findings(snap, opts)));
     out
 }
 

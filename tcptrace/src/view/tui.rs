@@ -15,8 +15,8 @@ use ratatui::widgets::{Paragraph, Row, Table, TableState};
 
 use super::terminal::{Input, TerminalGuard};
 use super::{
-    RowKey, STATES, SortKey, TableOptions, Tone, cells, columns, drill, key, pad, port_label,
-    rates_or_average, rows, totals, widths,
+    RowKey, STATES, SortKey, TableOptions, Tone, cells, columns, drill, findings, key, pad,
+    port_label, rates_or_average, rows, severity_tag, totals, widths,
 };
 use crate::snapshot::{Direction, Snapshot};
 
@@ -224,8 +224,44 @@ pub fn render(frame: &mut Frame, app: &App) {
         (Some(snap), Some(port)) => {
             drill::render(frame, body, snap, &app.rates, port, app.opts.dwell_state);
         }
-        (Some(snap), None) => render_table(frame, body, snap, app),
+        (Some(snap), None) => {
+            let panel = findings_panel(snap, &app.opts, body.height / 3);
+            let [table, below] =
+                Layout::vertical([Constraint::Min(0), Constraint::Length(panel.len() as u16)])
+                    .spacing(1)
+                    .areas(body);
+            render_table(frame, table, snap, app);
+            frame.render_widget(Paragraph::new(panel), below);
+        }
     }
+}
+
+/// Findings under the table at most (fewer on a small screen).
+const FINDINGS_SHOWN: usize = 5;
+
+/// The findings about the rows shown, one line each: severity (coloured),
+/// where, and the cause → the next step. At most `max_lines` lines.
+fn findings_panel(snap: &Snapshot, opts: &TableOptions, max_lines: u16) -> Vec<Line<'static>> {
+    let all = findings(snap, opts);
+    let dim = Style::new().add_modifier(Modifier::DIM);
+    if all.is_empty() {
+        return vec![Line::styled("findings: none", dim)];
+    }
+    let room = usize::from(max_lines).saturating_sub(2).clamp(1, FINDINGS_SHOWN);
+    let mut out = vec![Line::styled(
+        format!("findings {} (Enter on a row: evidence)", all.len()),
+        Style::new().add_modifier(Modifier::BOLD),
+    )];
+    for f in all.iter().take(room) {
+        out.push(Line::from(vec![
+            Span::styled(severity_tag(f.severity), drill::severity_style(f.severity)),
+            Span::raw(format!(" {:<10} {} → {}", f.location(), f.cause, f.action)),
+        ]));
+    }
+    if all.len() > room {
+        out.push(Line::styled(format!("… {} more", all.len() - room), dim));
+    }
+    out
 }
 
 fn header_lines(app: &App) -> Vec<Line<'static>> {

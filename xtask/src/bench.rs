@@ -1,0 +1,744 @@
+//! `cargo xtask bench`: what tracing costs under connection churn.
+//!
+//! Runs the churn untraced and traced (a real `tcptrace daemon` with its
+//! defaults: full aggregation, /metrics, reports to a file) alternately, and
+//! prints, per pair and as medians: connections/s traced/untraced, events
+//! seen against the kernel's own counters, events lost, the daemon's CPU per
+//! event, the BPF programs' run time per event, and the daemon's peak RSS.
+//! Figures are printed next to their targets, never asserted.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::churn::{self, EVENTS_PER_LISTENER, Mode, Outcome, Progress};
+use crate::netns::Netns;
+use crate::tracer::{self, BpfStatsEnabled, Daemon, ProgStats};
+
+/// The performance budget (DESIGN.md): printed beside the figures.
+const TARGET_RATIO: f64 = 0.90;
+const TARGET_KERNEL_NS: f64 = 300.0;
+const TARGET_USER_NS: f64 = 150.0;
+const TARGET_REPLAY_EPS: f64 = 10e6;
+
+#[derive(Debug, clap::Args)]
+#[allow(clippy::struct_excessive_bools, reason = "command-line switches")]
+pub struct BenchArgs {
+    /// Untraced/traced pairs of runs.
+    #[arg(long, default_value_t = 5)]
+    pub pairs: usize,
+    /// Seconds of churn per run.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Client threads of the churn.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Server threads of the churn [default: as many as client threads].
+    #[arg(long)]
+    pub server_threads: Option<usize>,
+    /// How connections end.
+    #[arg(long, value_enum, default_value_t = Mode::ClientClose)]
+    pub mode: Mode,
+    /// Server ports (mixed mode needs at least 4).
+    #[arg(long, default_value_t = 1)]
+    pub ports: u16,
+    /// One pair of 2 s runs and no replay benchmark: checks that the
+    /// benchmark works (cargo xtask test runs it), measures little.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where the figures go as JSON.
+    #[arg(long, default_value = "target/bench.json", value_name = "FILE")]
+    pub json_out: PathBuf,
+    /// Skip the criterion replay benchmark (decode + tracking + aggregation).
+    #[arg(long)]
+    pub no_replay: bool,
+    /// Leave kernel.bpf_stats_enabled alone (no in-kernel figures; the
+    /// stats themselves cost ~2 clock reads per program run).
+    #[arg(long)]
+    pub no_bpf_stats: bool,
+    /// An extra flag for `tcptrace daemon` (repeatable), e.g.
+    /// --daemon-arg=--ring-size=16M.
+    #[arg(long = "daemon-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub daemon_args: Vec<String>,
+    /// The release binary is already built (set when re-run through sudo).
+    #[arg(long, hide = true)]
+    pub no_build: bool,
+}
+
+/// One traced run.
+struct Traced {
+    churn: Outcome,
+    active_opens: u64,
+    expected: u64,
+    /// Events of the benchmark's namespace in the daemon's reports.
+    seen: u64,
+    /// Events the daemon read from the ring during the churn, all
+    /// namespaces (its /metrics).
+    read: u64,
+    lost: u64,
+    user_s: f64,
+    sys_s: f64,
+    /// The daemon's BPF programs over the churn (run times with bpf stats).
+    programs: Vec<ProgStats>,
+    bpf_stats: bool,
+    hwm_kib: u64,
+    listen_overflows: u64,
+    /// Resets sent beyond those of the mode (Tcp:OutRsts), counted in `expected`.
+    extra_resets: u64,
+    /// Other processes' tracing programs seen around the run.
+    foreign: Vec<String>,
+}
+
+impl Traced {
+    fn user_ns_per_event(&self) -> f64 {
+        per_event_ns(self.user_s, self.read)
+    }
+
+    fn sys_ns_per_event(&self) -> f64 {
+        per_event_ns(self.sys_s, self.read)
+    }
+
+    fn kernel_ns_per_event(&self) -> Option<f64> {
+        let (ns, cnt) = self
+            .programs
+            .iter()
+            .fold((0, 0), |(t, c), s| (t + s.run_time_ns, c + s.run_cnt));
+        (self.bpf_stats && cnt > 0).then(|| ns as f64 / cnt as f64)
+    }
+
+    /// Program runs the kernel skipped (recursion on a CPU): events lost
+    /// that the ring's lost counter does not see.
+    fn missed(&self) -> u64 {
+        self.programs.iter().map(|p| p.recursion_misses).sum()
+    }
+}
+
+fn per_event_ns(seconds: f64, events: u64) -> f64 {
+    if events == 0 {
+        f64::NAN
+    } else {
+        seconds * 1e9 / events as f64
+    }
+}
+
+struct Pair {
+    untraced: Outcome,
+    traced: Traced,
+    /// Other processes' tracing programs seen during either run.
+    foreign: Vec<String>,
+}
+
+impl Pair {
+    fn ratio(&self) -> f64 {
+        self.traced.churn.per_second() / self.untraced.per_second().max(1e-9)
+    }
+}
+
+pub fn run(mut args: BenchArgs, bin: &Path, stop: &AtomicBool) -> Result<()> {
+    if args.quick {
+        args.pairs = 1;
+        args.seconds = 2.0;
+        args.no_replay = true;
+    }
+    if args.pairs == 0 || args.seconds <= 0.0 {
+        bail!("--pairs and --seconds must be positive");
+    }
+    let cfg = churn::Config {
+        mode: args.mode,
+        threads: args.threads,
+        server_threads: args.server_threads.unwrap_or(args.threads),
+        ports: args.ports,
+        duration: Duration::from_secs_f64(args.seconds),
+        ..churn::Config::default()
+    };
+    println!(
+        "tcptrace bench: churn mode {}, {} client + {} server threads, {} port(s), {} s per run, {} pairs, {} CPUs, kernel {}",
+        cfg.mode.name(),
+        cfg.threads,
+        cfg.server_threads,
+        cfg.ports,
+        args.seconds,
+        args.pairs,
+        thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        kernel_release()
+    );
+    match cfg.mode.events_per_connection() {
+        Some(n) => println!(
+            "expected events = Tcp:ActiveOpens x {n} per connection + {EVENTS_PER_LISTENER} per listener \
+             + resets sent beyond the mode's own (Tcp:OutRsts)"
+        ),
+        None => println!(
+            "expected events = Tcp:ActiveOpens x (10 per client-close, server-close and payload, \
+             8 per reset connection, weighted by the modes run) + {EVENTS_PER_LISTENER} per listener \
+             + resets sent beyond the modes' own (Tcp:OutRsts)"
+        ),
+    }
+
+    let stats = if args.no_bpf_stats {
+        None
+    } else {
+        Some(BpfStatsEnabled::enable()?)
+    };
+    let mut pairs = Vec::new();
+    for i in 0..args.pairs {
+        // Alternate the order so that neither side always runs first.
+        let (untraced, traced) = if i % 2 == 0 {
+            let u = untraced_run(&cfg, stop)?;
+            (u, traced_run(&cfg, bin, &args, stats.is_some(), stop)?)
+        } else {
+            let t = traced_run(&cfg, bin, &args, stats.is_some(), stop)?;
+            (untraced_run(&cfg, stop)?, t)
+        };
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let mut foreign = untraced.foreign;
+        foreign.extend(traced.foreign.iter().cloned());
+        foreign.sort();
+        foreign.dedup();
+        let pair = Pair {
+            untraced: untraced.churn,
+            traced,
+            foreign,
+        };
+        if i == 0 {
+            println!("{LEGEND}");
+            println!("{}", header());
+        }
+        println!("{}", row(&format!("{}", i + 1), &pair));
+        check(&pair)?;
+        pairs.push(pair);
+    }
+    drop(stats);
+    let med = medians(&pairs);
+    println!("{}", median_row(&med));
+    print_programs(&pairs);
+    println!("{}", targets(&med));
+
+    let replay = if args.no_replay {
+        None
+    } else {
+        Some(run_replay()?)
+    };
+    let doc = to_json(&args, &cfg, &pairs, &med, replay.as_ref());
+    if let Some(dir) = args.json_out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(&args.json_out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("write {}", args.json_out.display()))?;
+    println!("figures written to {}", args.json_out.display());
+    Ok(())
+}
+
+/// Real breakage, as opposed to a missed target: nothing ran, or the
+/// tracer saw nothing of what ran.
+fn check(p: &Pair) -> Result<()> {
+    for (what, o) in [("untraced", &p.untraced), ("traced", &p.traced.churn)] {
+        if o.connections == 0 {
+            bail!(
+                "the {what} churn made no connection (first error: {})",
+                o.first_error.as_deref().unwrap_or("none")
+            );
+        }
+    }
+    if p.traced.seen == 0 || p.traced.read == 0 {
+        bail!("the daemon saw no event of the benchmark's namespace");
+    }
+    Ok(())
+}
+
+/// Lets the kernel finish tearing down the previous run's namespace (its
+/// TIME_WAIT sockets) before the next run starts.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// A run without the daemon.
+struct Untraced {
+    churn: Outcome,
+    /// Other processes' tracing programs seen around the run.
+    foreign: Vec<String>,
+}
+
+fn untraced_run(cfg: &churn::Config, stop: &AtomicBool) -> Result<Untraced> {
+    let ns = Netns::new("bench")?;
+    let mut foreign = tracer::foreign_tracers(None);
+    let out = churn::run(&ns, cfg, &Progress::default(), stop)?;
+    foreign.extend(tracer::foreign_tracers(None));
+    drop(ns);
+    thread::sleep(SETTLE);
+    Ok(Untraced {
+        churn: out,
+        foreign,
+    })
+}
+
+fn traced_run(
+    cfg: &churn::Config,
+    bin: &Path,
+    args: &BenchArgs,
+    bpf_stats: bool,
+    stop: &AtomicBool,
+) -> Result<Traced> {
+    let ns = Netns::new("bench")?;
+    let mut extra = vec!["--netns".to_string(), ns.inode.to_string()];
+    extra.extend(args.daemon_args.iter().cloned());
+    let daemon = Daemon::start(bin, &extra)?;
+    // Past start-up (BTF, census) and the first /metrics refresh.
+    thread::sleep(Duration::from_millis(500));
+    let m0 = daemon.scrape()?;
+    let cpu0 = daemon.cpu()?;
+    let bpf0 = tracer::bpf_programs(daemon.pid)?;
+    let c0 = ns.counters()?;
+    let mut foreign = tracer::foreign_tracers(Some(daemon.pid));
+    let out = churn::run(&ns, cfg, &Progress::default(), stop)?;
+    let c1 = ns.counters()?;
+    foreign.extend(tracer::foreign_tracers(Some(daemon.pid)));
+    // /metrics refreshes every second: wait for one that saw the whole churn.
+    thread::sleep(Duration::from_millis(1_200));
+    let m1 = daemon.scrape()?;
+    let cpu1 = daemon.cpu()?;
+    let programs = tracer::bpf_delta(&bpf0, &tracer::bpf_programs(daemon.pid)?);
+    let hwm_kib = daemon.status_kib("VmHWM")?;
+    let log = daemon.log_text();
+    let (status, reports) = daemon.stop()?;
+    if !status.success() {
+        bail!("tcptrace daemon exited with {status}:\n{log}");
+    }
+    drop(ns);
+    thread::sleep(SETTLE);
+
+    let active_opens = c1.delta(&c0, "Tcp:ActiveOpens");
+    // Resets beyond the mode's own (a listener answering a late segment of
+    // a closed connection when the server ran late) are one event each.
+    let extra_resets = c1
+        .delta(&c0, "Tcp:OutRsts")
+        .saturating_sub(count(active_opens as f64 * out.resets_per_connection()));
+    let expected = count(active_opens as f64 * out.events_per_connection())
+        + EVENTS_PER_LISTENER * u64::from(cfg.ports)
+        + extra_resets;
+    let delta = |name: &str| count(m1.get(name) - m0.get(name));
+    Ok(Traced {
+        active_opens,
+        expected,
+        seen: tracer::netns_events(&reports),
+        read: delta("tcptrace_events_total"),
+        lost: delta("tcptrace_events_lost_total").max(tracer::reported_lost(&reports)),
+        user_s: cpu1.user_s - cpu0.user_s,
+        sys_s: cpu1.sys_s - cpu0.sys_s,
+        programs,
+        bpf_stats,
+        hwm_kib,
+        listen_overflows: c1.delta(&c0, "TcpExt:ListenOverflows"),
+        extra_resets,
+        foreign,
+        churn: out,
+    })
+}
+
+/// A non-negative float count (a metric, a weighted product) as an integer.
+#[allow(clippy::cast_sign_loss, reason = "clamped to >= 0 first")]
+pub fn count(x: f64) -> u64 {
+    x.max(0.0).round() as u64
+}
+
+fn header() -> String {
+    format!(
+        "{:<7} {:>10} {:>10} {:>6} {:>10} {:>10} {:>7} {:>10} {:>6} {:>6} {:>8} {:>8} {:>9} {:>8}",
+        "pair",
+        "untr c/s",
+        "traced c/s",
+        "ratio",
+        "expected",
+        "seen",
+        "seen%",
+        "read",
+        "lost",
+        "missed",
+        "user ns",
+        "sys ns",
+        "kernel ns",
+        "HWM MiB"
+    )
+}
+
+fn row(label: &str, p: &Pair) -> String {
+    let t = &p.traced;
+    format!(
+        "{label:<7} {:>10.0} {:>10.0} {:>6.3} {:>10} {:>10} {:>6.2}% {:>10} {:>6} {:>6} {:>8.1} {:>8.1} {:>9} {:>8.1}",
+        p.untraced.per_second(),
+        t.churn.per_second(),
+        p.ratio(),
+        t.expected,
+        t.seen,
+        100.0 * t.seen as f64 / t.expected.max(1) as f64,
+        t.read,
+        t.lost,
+        t.missed(),
+        t.user_ns_per_event(),
+        t.sys_ns_per_event(),
+        t.kernel_ns_per_event()
+            .map_or_else(|| "-".to_string(), |n| format!("{n:.0}")),
+        t.hwm_kib as f64 / 1024.0,
+    ) + &notes(p)
+}
+
+fn notes(p: &Pair) -> String {
+    let mut s = String::new();
+    let t = &p.traced;
+    let errors = p.untraced.errors + t.churn.errors;
+    if errors > 0 {
+        let first = t
+            .churn
+            .first_error
+            .as_ref()
+            .or(p.untraced.first_error.as_ref());
+        let _ = write!(
+            s,
+            "  ({errors} connect errors: {})",
+            first.map_or("", String::as_str)
+        );
+    }
+    if t.extra_resets > 0 {
+        let _ = write!(s, "  ({} extra resets)", t.extra_resets);
+    }
+    if t.listen_overflows > 0 {
+        let _ = write!(s, "  ({} listen overflows)", t.listen_overflows);
+    }
+    if !p.foreign.is_empty() {
+        let _ = write!(
+            s,
+            "  (other tracers attached meanwhile: {})",
+            p.foreign.join(" ")
+        );
+    }
+    s
+}
+
+/// Medians over the pairs.
+struct Medians {
+    untraced: f64,
+    traced: f64,
+    ratio: f64,
+    expected: f64,
+    seen: f64,
+    seen_pct: f64,
+    read: f64,
+    lost: f64,
+    missed: f64,
+    user_ns: f64,
+    sys_ns: f64,
+    kernel_ns: Option<f64>,
+    hwm_mib: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+fn medians(pairs: &[Pair]) -> Medians {
+    let m = |f: &dyn Fn(&Pair) -> f64| median(pairs.iter().map(f).collect());
+    let kernel: Vec<f64> = pairs
+        .iter()
+        .filter_map(|p| p.traced.kernel_ns_per_event())
+        .collect();
+    Medians {
+        untraced: m(&|p| p.untraced.per_second()),
+        traced: m(&|p| p.traced.churn.per_second()),
+        ratio: m(&Pair::ratio),
+        expected: m(&|p| p.traced.expected as f64),
+        seen: m(&|p| p.traced.seen as f64),
+        seen_pct: m(&|p| 100.0 * p.traced.seen as f64 / p.traced.expected.max(1) as f64),
+        read: m(&|p| p.traced.read as f64),
+        lost: m(&|p| p.traced.lost as f64),
+        missed: m(&|p| p.traced.missed() as f64),
+        user_ns: m(&|p| p.traced.user_ns_per_event()),
+        sys_ns: m(&|p| p.traced.sys_ns_per_event()),
+        kernel_ns: (!kernel.is_empty()).then(|| median(kernel)),
+        hwm_mib: m(&|p| p.traced.hwm_kib as f64 / 1024.0),
+    }
+}
+
+fn median_row(m: &Medians) -> String {
+    format!(
+        "{:<7} {:>10.0} {:>10.0} {:>6.3} {:>10.0} {:>10.0} {:>6.2}% {:>10.0} {:>6.0} {:>6.0} {:>8.1} {:>8.1} {:>9} {:>8.1}",
+        "median",
+        m.untraced,
+        m.traced,
+        m.ratio,
+        m.expected,
+        m.seen,
+        m.seen_pct,
+        m.read,
+        m.lost,
+        m.missed,
+        m.user_ns,
+        m.sys_ns,
+        m.kernel_ns
+            .map_or_else(|| "-".to_string(), |n| format!("{n:.0}")),
+        m.hwm_mib,
+    )
+}
+
+/// Per program, over every traced run: runs and ns per run.
+fn program_totals(pairs: &[Pair]) -> Vec<ProgStats> {
+    let mut by_name: Vec<ProgStats> = Vec::new();
+    for p in pairs.iter().flat_map(|p| &p.traced.programs) {
+        match by_name.iter_mut().find(|s| s.name == p.name) {
+            Some(s) => {
+                s.run_cnt += p.run_cnt;
+                s.run_time_ns += p.run_time_ns;
+                s.recursion_misses += p.recursion_misses;
+            }
+            None => by_name.push(p.clone()),
+        }
+    }
+    by_name.retain(|s| s.run_cnt > 0 || s.recursion_misses > 0);
+    by_name
+}
+
+fn print_programs(pairs: &[Pair]) {
+    let progs = program_totals(pairs);
+    if progs.is_empty() {
+        return;
+    }
+    let runs: u64 = progs.iter().map(|s| s.run_cnt).sum();
+    let line: Vec<String> = progs
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.0} ns x {} runs ({:.1}%), {} missed",
+                s.name,
+                s.run_time_ns as f64 / s.run_cnt.max(1) as f64,
+                s.run_cnt,
+                100.0 * s.run_cnt as f64 / runs.max(1) as f64,
+                s.recursion_misses
+            )
+        })
+        .collect();
+    println!("BPF programs (all traced runs): {}", line.join("; "));
+}
+
+fn targets(m: &Medians) -> String {
+    let mark = |ok: bool| if ok { "met" } else { "MISSED" };
+    let mut out = String::from("targets (medians):\n");
+    let _ = writeln!(
+        out,
+        "  traced/untraced conn/s  {:>8.3}             target >= {TARGET_RATIO:.2}  {}",
+        m.ratio,
+        mark(m.ratio >= TARGET_RATIO)
+    );
+    let _ = writeln!(
+        out,
+        "  events lost             {:>8.0} ring + {:.0} recursion misses  target 0  {}",
+        m.lost,
+        m.missed,
+        mark(m.lost == 0.0 && m.missed == 0.0)
+    );
+    match m.kernel_ns {
+        Some(k) => {
+            let _ = writeln!(
+                out,
+                "  in-kernel               {k:>8.0} ns/event    target <= {TARGET_KERNEL_NS:.0}  {}",
+                mark(k <= TARGET_KERNEL_NS)
+            );
+        }
+        None => out.push_str("  in-kernel               not measured (--no-bpf-stats)\n"),
+    }
+    let _ = writeln!(
+        out,
+        "  userspace CPU           {:>8.1} ns/event    target <= {TARGET_USER_NS:.0}  {}  ({:.3} CPU s per million events; +{:.1} ns system time)",
+        m.user_ns,
+        mark(m.user_ns <= TARGET_USER_NS),
+        m.user_ns / 1000.0,
+        m.sys_ns,
+    );
+    let _ = write!(
+        out,
+        "  events seen             {:>8.2}% of expected",
+        m.seen_pct
+    );
+    out
+}
+
+const LEGEND: &str = "columns: untr/traced c/s = connections/s without/with the daemon; expected = from the \
+namespace's kernel counters; seen = the namespace's events in the daemon's reports (--netns); read = events \
+the daemon read during the churn, all namespaces (/metrics); lost = ring buffer full; missed = BPF program \
+runs the kernel skipped (recursion_misses); user/sys ns = daemon CPU per event read; kernel ns = BPF \
+run_time_ns / run_cnt; HWM = daemon peak RSS";
+
+/// Columns: "seen" = events of the benchmark's namespace in the daemon's
+/// reports; "read" = events read during the churn, all namespaces.
+fn to_json(
+    args: &BenchArgs,
+    cfg: &churn::Config,
+    pairs: &[Pair],
+    m: &Medians,
+    replay: Option<&Value>,
+) -> Value {
+    let num = |x: f64| if x.is_nan() { Value::Null } else { json!(x) };
+    let pair_json: Vec<Value> = pairs
+        .iter()
+        .map(|p| {
+            let t = &p.traced;
+            json!({
+                "untraced_conn_per_s": p.untraced.per_second(),
+                "traced_conn_per_s": t.churn.per_second(),
+                "ratio": p.ratio(),
+                "untraced_connections": p.untraced.connections,
+                "traced_connections": t.churn.connections,
+                "connect_errors": p.untraced.errors + t.churn.errors,
+                "active_opens": t.active_opens,
+                "events_expected": t.expected,
+                "events_seen_netns": t.seen,
+                "events_read_all_netns": t.read,
+                "events_lost": t.lost,
+                "user_cpu_s": t.user_s,
+                "sys_cpu_s": t.sys_s,
+                "user_ns_per_event": num(t.user_ns_per_event()),
+                "sys_ns_per_event": num(t.sys_ns_per_event()),
+                "kernel_ns_per_event": t.kernel_ns_per_event(),
+                "vm_hwm_kib": t.hwm_kib,
+                "listen_overflows": t.listen_overflows,
+                "extra_resets": t.extra_resets,
+                "other_tracers": p.foreign,
+                "programs": t.programs.iter().map(prog_json).collect::<Vec<_>>(),
+                "recursion_misses": t.missed(),
+            })
+        })
+        .collect();
+    json!({
+        "config": {
+            "mode": cfg.mode.name(),
+            "client_threads": cfg.threads,
+            "server_threads": cfg.server_threads,
+            "ports": cfg.ports,
+            "seconds": args.seconds,
+            "pairs": args.pairs,
+            "quick": args.quick,
+            "daemon_args": args.daemon_args,
+            "kernel": kernel_release(),
+            "cpus": thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        },
+        "targets": {
+            "ratio_min": TARGET_RATIO,
+            "lost": 0,
+            "kernel_ns_per_event_max": TARGET_KERNEL_NS,
+            "user_ns_per_event_max": TARGET_USER_NS,
+            "replay_events_per_s_min": TARGET_REPLAY_EPS,
+        },
+        "pairs": pair_json,
+        "median": {
+            "untraced_conn_per_s": num(m.untraced),
+            "traced_conn_per_s": num(m.traced),
+            "ratio": num(m.ratio),
+            "events_expected": num(m.expected),
+            "events_seen_netns": num(m.seen),
+            "events_seen_pct": num(m.seen_pct),
+            "events_read_all_netns": num(m.read),
+            "events_lost": num(m.lost),
+            "recursion_misses": num(m.missed),
+            "user_ns_per_event": num(m.user_ns),
+            "sys_ns_per_event": num(m.sys_ns),
+            "kernel_ns_per_event": m.kernel_ns,
+            "vm_hwm_mib": num(m.hwm_mib),
+        },
+        "programs": program_totals(pairs).iter().map(prog_json).collect::<Vec<_>>(),
+        "replay": replay,
+    })
+}
+
+fn prog_json(s: &ProgStats) -> Value {
+    json!({
+        "name": s.name,
+        "run_cnt": s.run_cnt,
+        "run_time_ns": s.run_time_ns,
+        "recursion_misses": s.recursion_misses,
+        "ns_per_run": if s.run_cnt > 0 { json!(s.run_time_ns as f64 / s.run_cnt as f64) } else { Value::Null },
+    })
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs the criterion replay benchmark and returns events/s per benchmark,
+/// read from criterion's own files.
+fn run_replay() -> Result<Value> {
+    println!("replay benchmark: cargo bench -p tcptrace --bench replay");
+    crate::cargo(&["bench", "--package", "tcptrace", "--bench", "replay"])?;
+    let root = crate::workspace().join("target/criterion");
+    let mut results = serde_json::Map::new();
+    let mut lines = Vec::new();
+    for group in read_dirs(&root) {
+        for bench in read_dirs(&group) {
+            let Some(eps) = criterion_throughput(&bench) else {
+                continue;
+            };
+            let name = format!(
+                "{}/{}",
+                group.file_name().unwrap_or_default().to_string_lossy(),
+                bench.file_name().unwrap_or_default().to_string_lossy()
+            );
+            lines.push(format!("{name}: {:.2} M events/s", eps / 1e6));
+            results.insert(name, json!(eps));
+        }
+    }
+    for l in &lines {
+        println!("replay {l}");
+    }
+    if let Some(full) = results
+        .iter()
+        .find(|(k, _)| k.ends_with("decode_track_aggregate"))
+        .and_then(|(_, v)| v.as_f64())
+    {
+        println!(
+            "replay target: >= {:.0} M events/s on one core: {}",
+            TARGET_REPLAY_EPS / 1e6,
+            if full >= TARGET_REPLAY_EPS {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
+    Ok(Value::Object(results))
+}
+
+fn read_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Elements per second of one criterion benchmark: its throughput
+/// (benchmark.json) over the mean time per iteration (estimates.json).
+fn criterion_throughput(bench: &Path) -> Option<f64> {
+    let read = |f: &str| -> Option<Value> {
+        serde_json::from_str(&std::fs::read_to_string(bench.join("new").join(f)).ok()?).ok()
+    };
+    let elements = read("benchmark.json")?["throughput"]["Elements"].as_f64()?;
+    let mean_ns = read("estimates.json")?["mean"]["point_estimate"].as_f64()?;
+    (mean_ns > 0.0).then(|| elements / (mean_ns / 1e9))
+}
