@@ -12,11 +12,7 @@ use clap::Parser;
 use serde_json::Value;
 use tcptrace::cli::{Cli, Command as Subcommand};
 use tcptrace::config::FileConfig;
-use tcptrace::snapshot::{
-    AcceptQueue, Bucket, Direction, Dwell, EventCounts, Handshakes, PortSnapshot, ResetCount,
-    Snapshot, StateSnapshot,
-};
-use tcptrace::tcp::TcpState;
+use tcptrace::snapshot::Snapshot;
 
 /// Labels that Prometheus adds to every scraped series.
 const TARGET_LABELS: [&str; 2] = ["instance", "job"];
@@ -32,65 +28,72 @@ fn read_packaging(file: &str) -> String {
 // What /metrics serves
 // ---------------------------------------------------------------------------
 
-fn dwell(count: u64, le_us: u64, mean_us: f64) -> Dwell {
-    Dwell {
-        count,
-        mean_us,
-        buckets: vec![Bucket { le_us, count }],
-        ..Dwell::default()
-    }
-}
-
 /// One listening port with something in every field, so that every family has
 /// samples: time in CLOSE_WAIT, handshakes, SYN-ACK retransmits, resets both
-/// ways, retransmits, an accept queue, and lost, undecodable and untracked
-/// events.
+/// ways, retransmits, an accept queue, a finding, and lost, undecodable and
+/// untracked events. Built from JSON, the way reports carry snapshots, so that
+/// fields added later with a serde default need no change here.
 fn representative_snapshot() -> Snapshot {
-    let close_wait = StateSnapshot {
-        now: 1,
-        oldest_s: Some(2.5),
-        oldest_exact: true,
-        entered: 3,
-        exits: BTreeMap::from([(TcpState::LastAck, 2)]),
-        dwell: Some(dwell(2, 262_144, 200_000.0)),
-        dwell_unknown: 0,
-    };
-    let web = PortSnapshot {
-        port: Some(8080),
-        direction: Direction::In,
-        listening: true,
-        accept_queue: Some(AcceptQueue { len: 2, max: 128 }),
-        transitions: 5,
-        states: BTreeMap::from([(TcpState::CloseWait, close_wait)]),
-        synack_retrans: 4,
-        handshakes: Handshakes {
-            completed: 9,
-            failed: 1,
-            time: Some(dwell(9, 64, 50.0)),
+    serde_json::from_value(serde_json::json!({
+        "time": "2026-01-01T00:00:00Z",
+        "uptime_s": 60.0,
+        "events": {
+            "total": 20,
+            "by_kind": {"state": 20},
+            "lost": 1,
+            "undecodable": 1,
+            "untracked": 1,
+            "folded_ports": 1
         },
-        resets_sent: vec![ResetCount {
-            reason: "TCP_ABORT_ON_CLOSE".to_string(),
-            state_before: Some(TcpState::Established),
-            count: 2,
+        "sockets_tracked": 1,
+        "ports": [{
+            "port": 8080,
+            "direction": "in",
+            "listening": true,
+            "accept_queue": {"len": 2, "max": 128},
+            "transitions": 5,
+            "states": {
+                "CLOSE_WAIT": {
+                    "now": 1,
+                    "oldest_s": 2.5,
+                    "oldest_exact": true,
+                    "entered": 3,
+                    "exits": {"LAST_ACK": 2},
+                    "dwell": {
+                        "count": 2, "min_us": 150_000, "p50_us": 200_000, "p90_us": 250_000,
+                        "p99_us": 250_000, "max_us": 250_000, "mean_us": 200_000.0,
+                        "buckets": [{"le_us": 262_144, "count": 2}]
+                    },
+                    "dwell_unknown": 0
+                }
+            },
+            "synack_retrans": 4,
+            "handshakes": {
+                "completed": 9,
+                "failed": 1,
+                "time": {
+                    "count": 9, "min_us": 40, "p50_us": 50, "p90_us": 60, "p99_us": 60,
+                    "max_us": 60, "mean_us": 50.0, "buckets": [{"le_us": 64, "count": 9}]
+                }
+            },
+            "resets_sent": [
+                {"reason": "TCP_ABORT_ON_CLOSE", "state_before": "ESTABLISHED", "count": 2}
+            ],
+            "resets_received": {"ESTABLISHED": 1},
+            "retransmits": 6,
+            "oldest": []
         }],
-        resets_received: BTreeMap::from([(TcpState::Established, 1)]),
-        retransmits: 6,
-        oldest: Vec::new(),
-    };
-    Snapshot {
-        time: "2026-01-01T00:00:00Z".to_string(),
-        uptime_s: 60.0,
-        events: EventCounts {
-            total: 20,
-            by_kind: BTreeMap::from([("state".to_string(), 20)]),
-            lost: 1,
-            undecodable: 1,
-            untracked: 1,
-            folded_ports: 1,
-        },
-        sockets_tracked: 1,
-        ports: vec![web],
-    }
+        "findings": [{
+            "rule": "close_wait_leak",
+            "port": 8080,
+            "direction": "in",
+            "severity": "warning",
+            "evidence": "1 in CLOSE_WAIT",
+            "cause": "the application does not close",
+            "action": "find the owner"
+        }]
+    }))
+    .expect("a snapshot")
 }
 
 /// What `metrics::encode` writes: each family's TYPE (from its `# TYPE` line,
