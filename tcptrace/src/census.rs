@@ -198,9 +198,13 @@ pub fn dump_all(only: Option<u32>) -> Result<Vec<NetnsCensus>> {
     }
     let mut out = Vec::with_capacity(all.len());
     for ns in &all {
-        match census_on_thread(ns)? {
-            Some(census) => out.push(census),
-            None => log::debug!("network namespace {} vanished during the census", ns.inode),
+        match census_on_thread(ns) {
+            Ok(Some(census)) => out.push(census),
+            Ok(None) => log::debug!("network namespace {} vanished during the census", ns.inode),
+            Err(e) if only.is_some() => return Err(e),
+            // One namespace we cannot enter must not cost the census of all
+            // the others.
+            Err(e) => log::debug!("census of network namespace {} skipped: {e:#}", ns.inode),
         }
     }
     Ok(out)

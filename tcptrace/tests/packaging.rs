@@ -11,7 +11,7 @@ use std::process::Command;
 use clap::Parser;
 use serde_json::Value;
 use tcptrace::cli::{Cli, Command as Subcommand};
-use tcptrace::config::FileConfig;
+use tcptrace::config::{DaemonConfig, FileConfig};
 use tcptrace::snapshot::Snapshot;
 
 /// Labels that Prometheus adds to every scraped series.
@@ -124,8 +124,8 @@ impl Exposition {
                     .and_then(|rest| rest.split_once('}'))
                     .map(|(inner, _)| inner)
                 {
-                    // Label values here are ports, states, reasons and kinds:
-                    // no commas or quotes inside.
+                    // Label values here are ports, states, reasons, kinds,
+                    // rules and severities: no commas or quotes inside.
                     for pair in inner.split(',') {
                         let (name, _) = pair.split_once('=').expect("label=\"value\"");
                         names.insert(name.to_string());
@@ -257,7 +257,7 @@ impl Query {
                 i += 1;
                 continue;
             };
-            if (name == "by" || name == "without") && sym(i + 1, "(") {
+            if name == "by" && sym(i + 1, "(") {
                 i += 2;
                 while !sym(i, ")") {
                     if let Token::Ident(label) = &toks[i] {
@@ -687,9 +687,65 @@ fn unit_config_logrotate_and_sysusers_agree_on_paths_user_and_group() {
 // The example config
 // ---------------------------------------------------------------------------
 
-/// The keys `FileConfig` accepts, as its unknown-key error lists them.
-fn accepted_keys() -> BTreeSet<String> {
-    let err = FileConfig::parse("no_such_key = 1\n").expect_err("unknown keys are rejected");
+/// Keys whose commented-out line shows an example, not a default: without
+/// them the daemon runs as root, in every namespace, with the host's
+/// net.ipv4.tcp_synack_retries.
+const NO_DEFAULT: [&str; 3] = ["user", "netns", "synack_retries"];
+
+/// One `key = value` line of the example.
+#[derive(Debug)]
+struct Setting {
+    /// The `[table]` it sits in, if any.
+    table: Option<String>,
+    key: String,
+    /// The line without its `# `, as a TOML document of its own.
+    toml: String,
+    commented: bool,
+}
+
+fn example_settings(text: &str) -> (Vec<Setting>, Vec<String>) {
+    let mut table = None;
+    let mut tables = Vec::new();
+    let mut settings = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = Some(name.to_string());
+            tables.push(name.to_string());
+            continue;
+        }
+        let (line, commented) = match line.strip_prefix("# ") {
+            Some(rest) => (rest, true),
+            None => (line, false),
+        };
+        let Some((key, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        if !key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            continue;
+        }
+        let toml = match &table {
+            Some(t) => format!("[{t}]\n{line}\n"),
+            None => format!("{line}\n"),
+        };
+        settings.push(Setting {
+            table: table.clone(),
+            key: key.to_string(),
+            toml,
+            commented,
+        });
+    }
+    (settings, tables)
+}
+
+/// The keys `FileConfig` accepts at the top level or in `[table]`, as the
+/// error about an unknown key lists them.
+fn accepted_keys(table: Option<&str>) -> BTreeSet<String> {
+    let header = table.map(|t| format!("[{t}]\n")).unwrap_or_default();
+    let err = FileConfig::parse(&format!("{header}no_such_key = 1\n"))
+        .expect_err("unknown keys are rejected");
     let list = err
         .split_once("expected one of ")
         .unwrap_or_else(|| panic!("no key list in: {err}"))
@@ -699,44 +755,76 @@ fn accepted_keys() -> BTreeSet<String> {
         .collect()
 }
 
-/// `key = value` lines of the example, and whether each is commented out.
-fn example_settings(text: &str) -> Vec<(String, String, bool)> {
-    text.lines()
-        .filter_map(|line| {
-            let (setting, commented) = match line.strip_prefix("# ") {
-                Some(rest) => (rest, true),
-                None => (line, false),
-            };
-            let (key, _) = setting.split_once(" = ")?;
-            key.chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_')
-                .then(|| (key.to_string(), setting.to_string(), commented))
-        })
-        .collect()
+/// The daemon's settings with `toml` as its config file and no flags.
+fn resolved(toml: &str) -> String {
+    let file = FileConfig::parse(toml).unwrap_or_else(|e| panic!("`{toml}`: {e}"));
+    let Subcommand::Daemon(args) = Cli::try_parse_from(["tcptrace", "daemon"])
+        .expect("no flags")
+        .command
+    else {
+        unreachable!("tcptrace daemon");
+    };
+    let config =
+        DaemonConfig::resolve(args, file, None).unwrap_or_else(|e| panic!("`{toml}`: {e}"));
+    format!("{config:?}")
 }
 
 #[test]
-fn example_config_has_every_key_and_each_one_parses() {
-    let text = read_packaging("tcptrace.toml");
-    let config = FileConfig::parse(&text).unwrap_or_else(|e| panic!("tcptrace.toml: {e}"));
+fn example_config_parses_and_sets_output_and_format() {
+    let config = FileConfig::parse(&read_packaging("tcptrace.toml"))
+        .unwrap_or_else(|e| panic!("tcptrace.toml: {e}"));
     assert_eq!(
         config.output,
         Some(PathBuf::from("/var/log/tcptrace/reports.jsonl"))
     );
     assert_eq!(config.format, Some(tcptrace::report::Format::Json));
+}
 
-    let settings = example_settings(&text);
-    for (key, line, commented) in &settings {
-        if *commented {
-            FileConfig::parse(line).unwrap_or_else(|e| panic!("commented {key}: {e}"));
+#[test]
+fn example_config_lists_every_key_once() {
+    let (settings, tables) = example_settings(&read_packaging("tcptrace.toml"));
+    for table in [None]
+        .into_iter()
+        .chain(tables.iter().map(|t| Some(t.as_str())))
+    {
+        let mut listed: Vec<String> = settings
+            .iter()
+            .filter(|s| s.table.as_deref() == table)
+            .map(|s| s.key.clone())
+            .collect();
+        if table.is_none() {
+            listed.extend(tables.iter().cloned());
+        }
+        let unique: BTreeSet<String> = listed.iter().cloned().collect();
+        assert_eq!(
+            unique.len(),
+            listed.len(),
+            "a key twice in {table:?}: {listed:?}"
+        );
+        assert_eq!(
+            unique,
+            accepted_keys(table),
+            "tcptrace.toml lists every key the daemon accepts in {table:?}"
+        );
+    }
+}
+
+#[test]
+fn example_config_comments_out_each_default_with_its_value() {
+    let (settings, _) = example_settings(&read_packaging("tcptrace.toml"));
+    let defaults = resolved("");
+    for s in settings.iter().filter(|s| s.commented) {
+        let with_it = resolved(&s.toml);
+        if NO_DEFAULT.contains(&s.key.as_str()) {
+            assert_ne!(with_it, defaults, "`{}` is an example value", s.toml.trim());
+        } else {
+            assert_eq!(with_it, defaults, "`{}` is the default", s.toml.trim());
         }
     }
-    let keys: Vec<&String> = settings.iter().map(|(k, _, _)| k).collect();
-    let unique: BTreeSet<String> = keys.iter().map(|k| (*k).clone()).collect();
-    assert_eq!(unique.len(), keys.len(), "each key once: {keys:?}");
-    let accepted = accepted_keys();
-    assert_eq!(
-        unique, accepted,
-        "the example lists every key the daemon accepts"
-    );
+    let set: Vec<&str> = settings
+        .iter()
+        .filter(|s| !s.commented)
+        .map(|s| s.key.as_str())
+        .collect();
+    assert_eq!(set, ["output", "format"], "only these are set");
 }

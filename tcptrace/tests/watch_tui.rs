@@ -425,7 +425,12 @@ impl Workload {
         });
         let Ok(held) = ready_rx.recv_timeout(WAIT) else {
             drop(stop_tx);
-            panic!("the workload did not start: {:?}", thread.join());
+            let why = if thread.is_finished() {
+                format!("{:?}", thread.join())
+            } else {
+                format!("still busy after {WAIT:?}")
+            };
+            panic!("the workload did not start: {why}");
         };
         Self {
             held,
