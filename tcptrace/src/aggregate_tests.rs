@@ -328,7 +328,13 @@ fn resets_after_long_in_established_are_counted_apart() {
     // A reset in CLOSE_WAIT after long never counts: not ESTABLISHED.
     w.feed(&ev(0, 4, "10.0.0.1:0", r, st(Close, SynSent)));
     w.feed(&ev(MS, 4, "10.0.0.1:50004", r, st(SynSent, Established)));
-    w.feed(&ev(2 * MS, 4, "10.0.0.1:50004", r, st(Established, CloseWait)));
+    w.feed(&ev(
+        2 * MS,
+        4,
+        "10.0.0.1:50004",
+        r,
+        st(Established, CloseWait),
+    ));
     w.feed(&ev(
         300 * S,
         4,
@@ -338,14 +344,8 @@ fn resets_after_long_in_established_are_counted_apart() {
     ));
     // A socket that predates tracing, seen ESTABLISHED at 0: its age is a
     // lower bound, and a lower bound of 200 s is long enough.
-    w.tracker.seed(
-        5,
-        Established,
-        1,
-        addr("10.0.0.1:50005"),
-        addr(r),
-        0,
-    );
+    w.tracker
+        .seed(5, Established, 1, addr("10.0.0.1:50005"), addr(r), 0);
     w.feed(&ev(
         200 * S,
         5,

@@ -43,7 +43,7 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
         ..AggregatorConfig::default()
     };
     let mut session = Session::start(&cfg.trace, agg_cfg, &cfg.ports)?;
-    session.set_findings(cfg.findings.clone());
+    session.set_findings(&cfg.findings);
     for w in &session.tracer.warnings {
         log::warn!("{w}");
     }

@@ -131,6 +131,9 @@ fn replay(path: &Path, filter: Filter, json: bool) -> Result<()> {
             break;
         }
     }
+    // The end block carries the counter's last value.
+    printer.lost(rec.lost().saturating_sub(header.lost_at_start));
+    printer.flush()?;
     eprintln!("tcptrace: {}", printer.summary());
     let account = rec.account();
     if !account.is_complete() {
@@ -341,7 +344,7 @@ mod tests {
         assert_eq!(lines[0], format::TEXT_HEADER);
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[1].contains("ESTABLISHED -> CLOSE_WAIT") && lines[1].contains("0.006"));
-        assert!(lines[2].contains("CLOSE_WAIT -> LAST_ACK") && lines[2].contains("300.000"));
+        assert!(lines[2].contains("CLOSE_WAIT -> LAST_ACK") && lines[2].contains("0.300"));
         assert_eq!(lines[3], "-- 2 events lost (2 in all) --");
         assert_eq!((counts.shown, counts.undecodable, counts.lost), (2, 1, 2));
         assert_eq!(counts.by_kind[&Kind::State], 6);
@@ -404,6 +407,7 @@ mod tests {
             }
             p.lost(b.lost - 5);
         }
+        p.lost(rec.lost() - 5);
         let replayed = String::from_utf8(p.out).unwrap();
         let (live, _) = print(filter, true, &records, 3);
         assert_eq!(replayed, live);

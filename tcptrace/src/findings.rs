@@ -433,8 +433,8 @@ fn finding(
     evidence: String,
     cause: String,
     action: String,
-) -> Option<Finding> {
-    Some(Finding {
+) -> Finding {
+    Finding {
         rule,
         port: row.port,
         direction: Some(row.direction),
@@ -442,7 +442,7 @@ fn finding(
         evidence,
         cause,
         action,
-    })
+    }
 }
 
 /// `:8080`, or the ports folded into "other".
@@ -514,20 +514,18 @@ fn close_wait_leak(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding>
     } else {
         Severity::Warning
     };
-    finding(
+    Some(finding(
         Rule::CloseWaitLeak,
         row,
         severity,
         evidence,
         format!(
-            "{} does not close() sockets after the peer's FIN (a read() returning 0, or an error path that returns without closing)",
-            who.map_or_else(|| "the application".to_string(), |o| format!("the application ({o})"))
+            "{} does not close() after the peer's FIN",
+            who.unwrap_or_else(|| format!("the application on {}", port_text(row)))
         ),
-        format!(
-            "fix that code path (tcptrace sockets -p {} -s CLOSE_WAIT lists the sockets and their owner); keepalive does not fix this",
-            port_name(row.port)
-        ),
-    )
+        "fix its read() == 0 and error paths that skip close(); keepalive does not fix this"
+            .to_string(),
+    ))
 }
 
 /// Rule 2: FIN_WAIT2 many or long: the peer never sends its FIN.
@@ -535,16 +533,6 @@ fn fin_wait2_stuck(c: &Ctx, snap: &Snapshot, row: &PortSnapshot) -> Option<Findi
     let cfg = c.cfg;
     let st = row.states.get(&FinWait2)?;
     let left: u64 = st.exits.values().sum();
-    let many = st.now >= cfg.fin_wait2_count.max(1) && left < st.now;
-    let old = st.now > 0 && at_least(st.oldest_s, cfg.fin_wait2_age_s);
-    if !(many || old) {
-        return None;
-    }
-    let mut evidence = format!(
-        "{}; {left} left FIN_WAIT2 in {}",
-        now_text(st, FinWait2),
-        c.window()
-    );
     // The other end on this host: the same port in the other direction,
     // holding CLOSE_WAIT.
     let other_dir = match row.direction {
@@ -557,6 +545,19 @@ fn fin_wait2_stuck(c: &Ctx, snap: &Snapshot, row: &PortSnapshot) -> Option<Findi
         .find(|p| p.port == row.port && p.direction == other_dir)
         .map(|p| p.now(CloseWait))
         .filter(|n| *n > 0);
+    // A socket closed in FIN_WAIT2 leaves it for the tracepoint (-> CLOSE)
+    // but stays there as an orphan in the census, so exits do not prove
+    // progress when the other end is known to be stuck in CLOSE_WAIT.
+    let many = st.now >= cfg.fin_wait2_count.max(1) && (left < st.now || mirror.is_some());
+    let old = st.now > 0 && at_least(st.oldest_s, cfg.fin_wait2_age_s);
+    if !(many || old) {
+        return None;
+    }
+    let mut evidence = format!(
+        "{}; {left} left FIN_WAIT2 in {}",
+        now_text(st, FinWait2),
+        c.window()
+    );
     let cause = if let Some(n) = mirror {
         let _ = write!(
             evidence,
@@ -564,18 +565,23 @@ fn fin_wait2_stuck(c: &Ctx, snap: &Snapshot, row: &PortSnapshot) -> Option<Findi
             port_name(row.port),
             other_dir.name()
         );
-        "the peer never sends its FIN: the peer is on this host and its application never closes (see close_wait_leak)".to_string()
+        format!(
+            "the peer never sends its FIN: it is :{} {} on this host (close_wait_leak)",
+            port_name(row.port),
+            other_dir.name()
+        )
     } else {
-        "the peer never sends its FIN: its application was killed, hangs or does not close".to_string()
+        "the peer never sends its FIN: its application hangs, was killed or never closes"
+            .to_string()
     };
-    finding(
+    Some(finding(
         Rule::FinWait2Stuck,
         row,
         Severity::Warning,
         evidence,
         cause,
-        "fix the peer application; tcp_fin_timeout (60 s) bounds only orphaned FIN_WAIT2 (closed here), not sockets still open".to_string(),
-    )
+        "fix the peer application; tcp_fin_timeout (60 s) bounds only orphans".to_string(),
+    ))
 }
 
 /// Rule 3: FIN_WAIT1 long: our FIN is not acknowledged.
@@ -604,17 +610,17 @@ fn fin_wait1_stuck(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding>
             c.window()
         );
     }
-    finding(
+    Some(finding(
         Rule::FinWait1Stuck,
         row,
         Severity::Warning,
         evidence,
-        "our FIN is not acknowledged: packet loss, or the peer is gone".to_string(),
+        "our FIN is not acknowledged: loss, or the peer is gone".to_string(),
         format!(
-            "check the path to the peers of {} (loss, a firewall that dropped the flow) and whether they are still up",
+            "check the path to the peers of {} and whether they are up",
             port_text(row)
         ),
-    )
+    ))
 }
 
 /// TIME_WAIT lasts a fixed 60 s on Linux (TCP_TIMEWAIT_LEN).
@@ -647,8 +653,7 @@ fn ephemeral_port_exhaustion(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Optio
     } else {
         Severity::Warning
     };
-    let port = port_text(row);
-    finding(
+    Some(finding(
         Rule::EphemeralPortExhaustion,
         row,
         severity,
@@ -657,11 +662,9 @@ fn ephemeral_port_exhaustion(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Optio
             c.over_window(closes),
             share * 100.0
         ),
-        format!(
-            "this host closes its connections to {port} first; with one destination address each TIME_WAIT holds an ephemeral port for 60 s, and when they run out connect() fails with EADDRNOTAVAIL"
-        ),
-        "connection pooling / keep-alive; net.ipv4.tcp_tw_reuse=1 for outgoing connections; never tcp_tw_recycle (broke NAT, removed in Linux 4.12)".to_string(),
-    )
+        "this host closes first; each TIME_WAIT holds a local port to that address for 60 s: then connect() fails with EADDRNOTAVAIL".to_string(),
+        "connection pooling / keep-alive, net.ipv4.tcp_tw_reuse=1; never tcp_tw_recycle (broke NAT, removed in 4.12)".to_string(),
+    ))
 }
 
 /// Rule 5: a listening port that actively closes most connections.
@@ -670,9 +673,10 @@ fn server_active_close(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Find
         return None;
     }
     let cfg = c.cfg;
-    let (ours, theirs) = row.states.get(&Established).map_or((0, 0), |s| {
-        (exits_to(s, FinWait1), exits_to(s, CloseWait))
-    });
+    let (ours, theirs) = row
+        .states
+        .get(&Established)
+        .map_or((0, 0), |s| (exits_to(s, FinWait1), exits_to(s, CloseWait)));
     let closes = ours + theirs;
     let mostly_ours = closes > 0
         && closes >= cfg.min_events
@@ -682,7 +686,7 @@ fn server_active_close(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Find
     if !(mostly_ours || many) {
         return None;
     }
-    finding(
+    Some(finding(
         Rule::ServerActiveClose,
         row,
         Severity::Info,
@@ -690,16 +694,14 @@ fn server_active_close(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Find
             "{ours} of {closes} connections closed by this side (ESTABLISHED -> FIN_WAIT1, not CLOSE_WAIT) in {}; {time_wait} in TIME_WAIT now",
             c.window()
         ),
-        format!(
-            "the server on {} closes first, so TIME_WAIT (60 s each) accumulates on the server; restarts without SO_REUSEADDR hit EADDRINUSE",
-            port_text(row)
-        ),
-        "let clients close first (keep-alive) if the TIME_WAIT count matters; SO_REUSEADDR on the listening socket".to_string(),
-    )
+        "the server closes first, so TIME_WAIT (60 s each) piles up here; restarts without SO_REUSEADDR get EADDRINUSE".to_string(),
+        "let clients close first (keep-alive) if it matters; SO_REUSEADDR on the listener".to_string(),
+    ))
 }
 
 fn queue_full(row: &PortSnapshot) -> bool {
-    row.accept_queue.is_some_and(|q| q.max > 0 && q.len >= q.max)
+    row.accept_queue
+        .is_some_and(|q| q.max > 0 && q.len >= q.max)
 }
 
 /// Rule 6: SYN-ACK retransmits high relative to completed handshakes, or
@@ -714,8 +716,8 @@ fn handshake_failures(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Findi
         row.handshakes.completed,
         row.handshakes.failed,
     );
-    let retransmitting =
-        retrans >= cfg.min_events.max(1) && retrans as f64 >= cfg.synack_retrans_ratio * done as f64;
+    let retransmitting = retrans >= cfg.min_events.max(1)
+        && retrans as f64 >= cfg.synack_retrans_ratio * done as f64;
     let failing = failed >= cfg.min_events.max(1)
         && failed as f64 >= cfg.handshake_failed_ratio * (done + failed) as f64;
     if !(retransmitting || failing) {
@@ -737,29 +739,29 @@ fn handshake_failures(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Findi
     };
     let (cause, action) = if full {
         (
-            "accept-queue overflow: the backlog is full, so the kernel drops final ACKs and retransmits SYN-ACKs",
-            "accept() faster (more workers); raise the listen() backlog and net.core.somaxconn",
+            "accept-queue overflow: the backlog is full, final ACKs are dropped and SYN-ACKs resent",
+            "accept() faster; raise the listen() backlog and net.core.somaxconn",
         )
     } else {
         (
             "a SYN flood (spoofed sources) or lost final ACKs",
-            "net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog, rate-limit SYNs at the firewall",
+            "tcp_syncookies=1, raise tcp_max_syn_backlog, rate-limit SYNs at the firewall",
         )
     };
-    finding(
+    Some(finding(
         Rule::HandshakeFailures,
         row,
         severity,
         evidence,
         cause.to_string(),
         action.to_string(),
-    )
+    ))
 }
 
 /// Rule 6, the accept queue: the backlog is full now.
 fn accept_queue_full(_: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding> {
     let q = row.accept_queue.filter(|_| queue_full(row))?;
-    finding(
+    Some(finding(
         Rule::AcceptQueueFull,
         row,
         Severity::Critical,
@@ -771,11 +773,12 @@ fn accept_queue_full(_: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Findin
             row.synack_retrans
         ),
         format!(
-            "the application on {} does not accept() connections as fast as they complete; beyond the backlog the kernel drops them",
+            "the application on {} does not accept() as fast as connections complete",
             port_text(row)
         ),
-        "accept() faster (more workers, nothing blocking the accept loop); raise the listen() backlog and net.core.somaxconn".to_string(),
-    )
+        "accept() faster (more workers); raise the listen() backlog and net.core.somaxconn"
+            .to_string(),
+    ))
 }
 
 /// Rule 7: connects that time out: SYN_SENT long, or SYN_SENT -> CLOSE
@@ -793,7 +796,7 @@ fn connect_timeouts(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding
     if !(frequent || old) {
         return None;
     }
-    finding(
+    Some(finding(
         Rule::ConnectTimeouts,
         row,
         Severity::Warning,
@@ -802,12 +805,12 @@ fn connect_timeouts(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding
             c.over_window(timeouts),
             now_text(st, SynSent)
         ),
-        "connect timeouts: the target is down or the path is filtered (or the client gave up first)".to_string(),
+        "connect timeouts: the target is down or the path is filtered".to_string(),
         format!(
             "check the targets on {} and the firewalls on the way",
             port_text(row)
         ),
-    )
+    ))
 }
 
 /// Rule 8: resets received in SYN_SENT: connection refused.
@@ -819,17 +822,17 @@ fn connection_refused(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Findi
     if !c.frequent(n, c.cfg.refused_per_s) {
         return None;
     }
-    finding(
+    Some(finding(
         Rule::ConnectionRefused,
         row,
         Severity::Warning,
         format!("{n} resets received in SYN_SENT {}", c.over_window(n)),
         format!(
-            "nothing listens on {} at the target: connect() fails with ECONNREFUSED",
+            "nothing listens on {} at the target: ECONNREFUSED",
             port_text(row)
         ),
-        "fix the target, or the client's configuration (address, port)".to_string(),
-    )
+        "fix the target, or the client's address and port".to_string(),
+    ))
 }
 
 /// `NO_SOCKET 20, unknown 3`: resets by reason, most first.
@@ -872,24 +875,31 @@ fn no_listener(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding> {
         (
             Severity::Info,
             format!(
-                "packets for connections {port} no longer has (closed, or from before a restart): the peers get resets"
+                "packets for connections {port} no longer has (closed, or from before a restart)"
             ),
             format!(
-                "usually benign after a restart; otherwise see what the peers send (tcptrace events -p {})",
+                "usually benign after a restart; else see what peers send (tcptrace events -p {})",
                 port_name(row.port)
             ),
         )
     } else {
         (
             Severity::Warning,
-            format!("clients hit {port}, where nothing listens: they get ECONNREFUSED"),
+            format!("clients hit {port}, where nothing listens: ECONNREFUSED"),
             format!(
-                "find what is calling, and why (tcptrace events -p {}); start the service or fix the clients",
+                "find what calls, and why (tcptrace events -p {})",
                 port_name(row.port)
             ),
         )
     };
-    finding(Rule::NoListener, row, severity, evidence, cause, action)
+    Some(finding(
+        Rule::NoListener,
+        row,
+        severity,
+        evidence,
+        cause,
+        action,
+    ))
 }
 
 /// Resets that an application's close sends: with unread data
@@ -911,7 +921,7 @@ fn abort_on_close(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding> 
     if !c.frequent(n, c.cfg.abort_on_close_per_s) {
         return None;
     }
-    finding(
+    Some(finding(
         Rule::AbortOnClose,
         row,
         Severity::Warning,
@@ -921,11 +931,11 @@ fn abort_on_close(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding> 
             c.over_window(n)
         ),
         format!(
-            "the application on {} closes connections with unread data or SO_LINGER 0: its peers see ECONNRESET",
+            "the application on {} closes with unread data or SO_LINGER 0: peers get ECONNRESET",
             port_text(row)
         ),
-        "read until EOF before close(), or accept it as intended (linger 0 on purpose)".to_string(),
-    )
+        "read until EOF before close(), or accept it as intended".to_string(),
+    ))
 }
 
 /// Rule 11: resets received in ESTABLISHED on connections established for
@@ -936,7 +946,7 @@ fn half_open_resets(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding
         return None;
     }
     let all = row.resets_received.get(&Established).copied().unwrap_or(0);
-    finding(
+    Some(finding(
         Rule::HalfOpenResets,
         row,
         Severity::Warning,
@@ -945,9 +955,11 @@ fn half_open_resets(c: &Ctx, _: &Snapshot, row: &PortSnapshot) -> Option<Finding
             duration_s(c.cfg.half_open_after_s),
             c.over_window(n)
         ),
-        "half-open connections: the peer rebooted, or a NAT/firewall forgot the idle flow".to_string(),
-        "TCP keepalive below the NAT/firewall idle timeout (Linux's default starts after 7200 s), or application heartbeats".to_string(),
-    )
+        "half-open connections: the peer rebooted, or a NAT/firewall forgot the idle flow"
+            .to_string(),
+        "keepalive below the NAT/firewall idle timeout (Linux's starts at 7200 s), or heartbeats"
+            .to_string(),
+    ))
 }
 
 /// Rule 12: lost events: every number is incomplete.
@@ -973,10 +985,9 @@ fn lost_events(c: &Ctx, snap: &Snapshot) -> Option<Finding> {
             e.total,
             share * 100.0
         ),
-        cause: "the ring buffer overflowed: every count, age and finding here misses those events"
-            .to_string(),
+        cause: "the ring buffer overflowed: every number here misses those events".to_string(),
         action:
-            "raise --ring-size (a power of two, default 4M; ring_size in the daemon's config) or lower --poll-interval"
+            "raise --ring-size (default 4M), or trace fewer ports (--port filters in the kernel)"
                 .to_string(),
     })
 }

@@ -200,7 +200,8 @@ impl FlightRecorder {
                 f.triggers
                     .iter()
                     .map(|t| format!(" or {t}"))
-                    .collect::<String>()
+                    .collect::<Vec<_>>()
+                    .concat()
             ),
             None => log::info!("flight recorder off"),
         }
@@ -586,13 +587,14 @@ mod tests {
         )
     }
 
-    fn read_back(
-        d: &Dump,
-    ) -> (
+    /// Timestamps, (records, lost) per block, and the reader (for its header).
+    type ReadBack = (
         Vec<u64>,
         Vec<(usize, u64)>,
         RecordingReader<io::Cursor<Vec<u8>>>,
-    ) {
+    );
+
+    fn read_back(d: &Dump) -> ReadBack {
         let mut bytes = Vec::new();
         d.write_to(&mut bytes, 1_000_000).unwrap();
         let mut r = RecordingReader::new(io::Cursor::new(bytes), None).unwrap();
@@ -697,7 +699,10 @@ mod tests {
         fn new() -> Self {
             Self {
                 tracker: crate::track::Tracker::new(1024),
-                agg: crate::aggregate::Aggregator::new(Default::default(), 0),
+                agg: crate::aggregate::Aggregator::new(
+                    crate::aggregate::AggregatorConfig::default(),
+                    0,
+                ),
                 next: 1,
             }
         }
@@ -801,7 +806,7 @@ mod tests {
         );
         h2.refused(100);
         assert_eq!(f2.check(&h2.snap(), t0 + 11 * s), None, "cooling down");
-        h2.refused(100);
+        h2.refused(1_000);
         assert!(f2.check(&h2.snap(), t0 + 20 * s).is_some(), "cooled down");
         // The first recorder still sees its 6 CLOSE_WAIT once cooled down.
         assert!(f.check(&host.snap(), t0 + 11 * s).is_some());

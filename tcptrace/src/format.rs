@@ -69,7 +69,7 @@ pub fn text_line(ev: &Event, note: &Note, clock: Clock, reasons: &ResetReasons) 
             "{:<28} {:<9} retrans={retrans} since_first_synack={}",
             "SYN-ACK retransmit",
             "-",
-            ms(since_first_us * 1_000)
+            ms(since_first_us.saturating_mul(1_000))
         ),
         Detail::Retrans {
             state,

@@ -435,7 +435,7 @@ pub enum OpenError {
     #[error(
         "recording format version {0} is not supported: this tcptrace ({ver}) reads version {FORMAT_VERSION}{hint}",
         ver = env!("CARGO_PKG_VERSION"),
-        hint = newer_hint(.0)
+        hint = newer_hint(*.0)
     )]
     UnsupportedVersion(u16),
     #[error("truncated header: {have} of {need} bytes")]
@@ -446,8 +446,8 @@ pub enum OpenError {
     Malformed(String),
 }
 
-fn newer_hint(version: &u16) -> &'static str {
-    if *version > FORMAT_VERSION {
+fn newer_hint(version: u16) -> &'static str {
+    if version > FORMAT_VERSION {
         "; use a newer tcptrace"
     } else {
         ""

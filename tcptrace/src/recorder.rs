@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{RecordArgs, ReportArgs};
 use crate::clock::Clock;
-use crate::loader::Tracer;
+use crate::loader::{Tracer, TracerConfig};
 use crate::reader::Reader;
 use crate::reasons::ResetReasons;
 use crate::record::{Header, RecordingReader, RecordingWriter, raw_matches, replay_report};
@@ -24,7 +24,13 @@ use crate::watch::select_ports;
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn record(args: RecordArgs) -> Result<()> {
-    let mut tracer = Tracer::load(args.trace.tracer_config())?;
+    // Filtered in the kernel where it can (and again below, for more ports
+    // than the kernel filter holds).
+    let mut tracer = Tracer::load(TracerConfig {
+        netns: args.netns,
+        ports: args.ports.clone(),
+        ..args.trace.tracer_config()
+    })?;
     for w in &tracer.warnings {
         eprintln!("tcptrace: warning: {w}");
     }

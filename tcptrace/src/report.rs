@@ -211,6 +211,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::findings::{FindingsConfig, evaluate};
     use crate::snapshot::{
         AcceptQueue, Direction, Dwell, EventCounts, Handshakes, ResetCount, StateSnapshot,
         StuckSocket,
@@ -252,6 +253,7 @@ mod tests {
                 count: 4,
             }],
             resets_received: BTreeMap::from([(TcpState::Established, 2)]),
+            resets_received_long_established: 0,
             retransmits: 0,
             oldest: vec![StuckSocket {
                 state: TcpState::CloseWait,
@@ -264,7 +266,7 @@ mod tests {
                 comm: Some("server".into()),
             }],
         };
-        Report {
+        let mut report = Report {
             report: "interval".into(),
             interval_s: 60.0,
             snapshot: Snapshot {
@@ -277,8 +279,16 @@ mod tests {
                 },
                 sockets_tracked: 400,
                 ports: vec![port],
+                findings: Vec::new(),
             },
-        }
+        };
+        // As `Session::end_interval` fills them: over the interval.
+        report.snapshot.findings = evaluate(
+            &report.snapshot,
+            report.interval_s,
+            &FindingsConfig::default(),
+        );
+        report
     }
 
     #[test]
@@ -290,6 +300,22 @@ mod tests {
             "== tcptrace interval report 2026-11-23T19:00:00Z  interval 1m00s  events 1200 (20/s)  lost 5  untracked 0  folded ports 0 =="
         );
         assert!(lines[1].starts_with("!! 5 events lost"));
+        // The findings of the interval come first: 312 in CLOSE_WAIT and 48
+        // closed, then the lost events.
+        assert_eq!(
+            lines[2..9],
+            [
+                "findings: 2",
+                "  CRIT :8080 in close_wait_leak: 312 in CLOSE_WAIT now, oldest ≥41m; 48 CLOSE_WAIT -> LAST_ACK \
+                 in 1m00s (p99 350ms); owner server[31]",
+                "       cause: server[31] does not close() after the peer's FIN",
+                "       next:  fix its read() == 0 and error paths that skip close(); keepalive does not fix this",
+                "  WARN all ports lost_events: 5 events lost, 1200 read (0.41% lost)",
+                "       cause: the ring buffer overflowed: every number here misses those events",
+                "       next:  raise --ring-size (default 4M), or trace fewer ports (--port filters in the kernel)",
+            ]
+        );
+        let lines = &lines[7..];
         assert_eq!(lines[2], ":8080 in  listening  accept queue 0/128");
         assert_eq!(
             lines[3],
@@ -335,6 +361,7 @@ mod tests {
         let mut r = report();
         r.snapshot.ports.clear();
         r.snapshot.events = EventCounts::default();
-        assert!(text(&r).ends_with("no TCP activity\n"));
+        r.snapshot.findings.clear();
+        assert!(text(&r).ends_with("\nfindings: none\nno TCP activity\n"));
     }
 }

@@ -87,7 +87,7 @@ impl Session {
     /// The thresholds of findings (`watch` keeps the defaults, the daemon
     /// takes its config's `[findings]`). Call right after [`Session::start`]:
     /// `half_open_after_s` decides what the aggregators count from then on.
-    pub fn set_findings(&mut self, cfg: FindingsConfig) {
+    pub fn set_findings(&mut self, cfg: &FindingsConfig) {
         let long = cfg.half_open_after_ns();
         self.agg.set_long_established_ns(long);
         if let Some(i) = &mut self.interval {
@@ -95,7 +95,7 @@ impl Session {
         }
         self.findings = FindingsConfig {
             ephemeral: self.agg.config().ephemeral.clone(),
-            ..cfg
+            ..cfg.clone()
         };
     }
 

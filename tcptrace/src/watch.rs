@@ -31,7 +31,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         ..AggregatorConfig::default()
     };
     let mut session = Session::start(&args.trace, cfg, &args.ports)?;
-    session.set_findings(crate::findings::FindingsConfig::default());
+    session.set_findings(&crate::findings::FindingsConfig::default());
     for w in &session.tracer.warnings {
         eprintln!("tcptrace: warning: {w}");
     }

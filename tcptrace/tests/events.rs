@@ -556,3 +556,25 @@ fn two_rings_give_the_same_sequences_merged_by_time() {
     }
     assert_eq!(events.len(), 40 * 12);
 }
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn the_kernel_port_filter_keeps_active_resets_of_the_port() {
+    let ns = Netns::new("portrst");
+    let listener = ns.run(|| listen("127.0.0.1:0"));
+    let port = listener.local_addr().unwrap().port().to_string();
+    let trace = Trace::events(&ns, &["--port", &port]);
+    ns.run(move || {
+        let (mut c, s) = connect_accept(&listener);
+        c.write_all(b"unread").unwrap();
+        sleep(Duration::from_millis(50));
+        drop(s); // abort: the reset is sent after the socket released its port
+        let _ = c.read(&mut [0u8; 8]);
+    });
+    let events = trace.stop_json();
+    let (reason, before, _) = reset_sent(&events);
+    assert_eq!(
+        (reason.as_str(), before.as_str()),
+        ("TCP_ABORT_ON_CLOSE", "ESTABLISHED")
+    );
+}

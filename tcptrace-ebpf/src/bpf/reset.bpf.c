@@ -22,8 +22,13 @@ static __always_inline bool reset_wanted(const struct sock *sk, const struct sk_
 	struct tcphdr tcp;
 	unsigned char *head;
 
-	if (sk)
-		return sock_wanted(&sk->__sk_common, false);
+	if (sk) {
+		/* Timewait and request sockets have no inet_sport; a full socket
+		 * aborting (active reset) has already released skc_num. */
+		__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+
+		return sock_wanted(&sk->__sk_common, state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV);
+	}
 	if (!skb)
 		return false;
 	if (filter_netns && net_inum(BPF_CORE_READ(skb, dev, nd_net.net)) != filter_netns)

@@ -135,7 +135,8 @@ fn respond(req: &Request<Incoming>, snap: Arc<Snapshot>) -> Response<Full<Bytes>
 fn json(sockets: &[Known]) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(sockets).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 

@@ -395,7 +395,7 @@ pub fn findings<'a>(snap: &'a Snapshot, opts: &TableOptions) -> Vec<&'a Finding>
 }
 
 /// The findings of one row, without the host-wide ones.
-pub fn findings_of<'a>(snap: &'a Snapshot, (port, dir): RowKey) -> Vec<&'a Finding> {
+pub fn findings_of(snap: &Snapshot, (port, dir): RowKey) -> Vec<&Finding> {
     snap.findings
         .iter()
         .filter(|f| f.direction == Some(dir) && f.port == port)

@@ -5,7 +5,9 @@
 use crate::snapshot::Snapshot;
 
 pub use super::TableOptions;
-use super::{cells, columns, findings, findings_text, pad, rates_or_average, rows, totals_line, widths};
+use super::{
+    cells, columns, findings, findings_text, pad, rates_or_average, rows, totals_line, widths,
+};
 
 /// The table for `snap`: a totals line, a header, one line per port, then
 /// the findings about those ports (`findings: none`, or three lines each).
@@ -209,6 +211,7 @@ mod tests {
             render_table(&incident(), None, opts)
                 .lines()
                 .skip(2)
+                .take_while(|l| !l.starts_with("findings:"))
                 .map(|l| tokens(l)[0].to_string())
                 .collect()
         };
@@ -224,12 +227,61 @@ mod tests {
         assert_eq!(order(&opts), ["8080", "5432", "9", "other"]);
     }
 
+    /// After the rows: the findings about them, three lines each.
+    #[test]
+    fn findings_follow_the_rows() {
+        let t = render_table(&incident(), None, &TableOptions::default());
+        let lines: Vec<&str> = t.lines().collect();
+        let at = lines.iter().position(|l| *l == "findings: 2").unwrap();
+        assert!(lines[at - 1].starts_with("other"), "{t}");
+        assert_eq!(
+            lines[at + 1],
+            "  CRIT :8080 in close_wait_leak: 312 in CLOSE_WAIT now, oldest ≥41m; 838 CLOSE_WAIT -> LAST_ACK \
+             in 1h00m (p99 9m05s); owner java[4242]"
+        );
+        assert!(
+            lines[at + 2] == "       cause: java[4242] does not close() after the peer's FIN",
+            "{t}"
+        );
+        assert!(
+            lines[at + 3].starts_with("       next:  fix its read() == 0 and error paths"),
+            "{t}"
+        );
+        assert!(
+            lines[at + 4].starts_with("  WARN all ports lost_events: 7 events lost"),
+            "{t}"
+        );
+        assert_eq!(lines.len(), at + 7, "{t}");
+        // Only the findings about the rows shown, and the host-wide ones.
+        let out = TableOptions {
+            direction: Some(Direction::Out),
+            ..TableOptions::default()
+        };
+        let t = render_table(&incident(), None, &out);
+        assert!(
+            t.contains("findings: 1\n  WARN all ports lost_events"),
+            "{t}"
+        );
+        assert!(!t.contains("close_wait_leak"), "{t}");
+        let mut calm = incident();
+        calm.findings.clear();
+        let t = render_table(&calm, None, &TableOptions::default());
+        assert!(t.ends_with("\nfindings: none\n"), "{t}");
+        let none = TableOptions {
+            ports: vec![1],
+            ..TableOptions::default()
+        };
+        let t = render_table(&incident(), None, &none);
+        assert!(t.contains("(no ports match)\nfindings: 1\n"), "{t}");
+    }
+
     #[test]
     fn filters_by_port_and_direction() {
         let body = |opts: &TableOptions| -> Vec<String> {
             render_table(&incident(), None, opts)
                 .lines()
                 .skip(2)
+                .take_while(|l| !l.starts_with("findings:"))
                 .map(|l| tokens(l)[..2].join(" "))
                 .collect()
         };

@@ -225,11 +225,17 @@ pub fn render(frame: &mut Frame, app: &App) {
             drill::render(frame, body, snap, &app.rates, port, app.opts.dwell_state);
         }
         (Some(snap), None) => {
-            let panel = findings_panel(snap, &app.opts, body.height / 3);
-            let [table, below] =
-                Layout::vertical([Constraint::Min(0), Constraint::Length(panel.len() as u16)])
-                    .spacing(1)
-                    .areas(body);
+            // Right under the table's rows (header and rows, or its one-line
+            // "no ports match"), the table taking what is left when long.
+            let panel = findings_panel(snap, &app.opts, body.height / 3, body.width);
+            let table_lines = rows(snap, &app.rates, &app.opts).len().max(1) + 1;
+            let [table, below, _] = Layout::vertical([
+                Constraint::Max(u16::try_from(table_lines).unwrap_or(u16::MAX)),
+                Constraint::Length(panel.len() as u16),
+                Constraint::Fill(1),
+            ])
+            .spacing(1)
+            .areas(body);
             render_table(frame, table, snap, app);
             frame.render_widget(Paragraph::new(panel), below);
         }
@@ -240,22 +246,40 @@ pub fn render(frame: &mut Frame, app: &App) {
 const FINDINGS_SHOWN: usize = 5;
 
 /// The findings about the rows shown, one line each: severity (coloured),
-/// where, and the cause → the next step. At most `max_lines` lines.
-fn findings_panel(snap: &Snapshot, opts: &TableOptions, max_lines: u16) -> Vec<Line<'static>> {
+/// where, and the cause → the next step, cut with `…` to `width` columns
+/// (the details of the port have them whole). At most `max_lines` lines.
+fn findings_panel(
+    snap: &Snapshot,
+    opts: &TableOptions,
+    max_lines: u16,
+    width: u16,
+) -> Vec<Line<'static>> {
     let all = findings(snap, opts);
     let dim = Style::new().add_modifier(Modifier::DIM);
     if all.is_empty() {
         return vec![Line::styled("findings: none", dim)];
     }
-    let room = usize::from(max_lines).saturating_sub(2).clamp(1, FINDINGS_SHOWN);
+    let room = usize::from(max_lines)
+        .saturating_sub(2)
+        .clamp(1, FINDINGS_SHOWN);
     let mut out = vec![Line::styled(
         format!("findings {} (Enter on a row: evidence)", all.len()),
         Style::new().add_modifier(Modifier::BOLD),
     )];
     for f in all.iter().take(room) {
+        let tag = severity_tag(f.severity);
+        let text = format!(" {:<10} {} → {}", f.location(), f.cause, f.action);
+        let room = usize::from(width).saturating_sub(tag.len());
+        let text = if text.chars().count() > room {
+            let mut cut: String = text.chars().take(room.saturating_sub(1)).collect();
+            cut.push('…');
+            cut
+        } else {
+            text
+        };
         out.push(Line::from(vec![
-            Span::styled(severity_tag(f.severity), drill::severity_style(f.severity)),
-            Span::raw(format!(" {:<10} {} → {}", f.location(), f.cause, f.action)),
+            Span::styled(tag, drill::severity_style(f.severity)),
+            Span::raw(text),
         ]));
     }
     if all.len() > room {

@@ -388,3 +388,147 @@ fn help_toggles_and_esc_closes_it_first() {
     chars(&mut app, "??");
     assert!(!screen(&app).contains("details of the selected port"));
 }
+
+#[test]
+fn findings_panel_under_the_table() {
+    let app = app();
+    let buf = draw(&app);
+    let s = lines(&buf);
+    let at = s
+        .iter()
+        .position(|l| l.starts_with("findings 2 (Enter on a row: evidence)"))
+        .unwrap_or_else(|| panic!("no findings panel:\n{}", s.join("\n")));
+    // Right under the rows, after a blank line.
+    assert_eq!(s[at - 1], "");
+    assert!(
+        s[at - 2].trim_start().starts_with("other in"),
+        "{}",
+        s.join("\n")
+    );
+    assert_eq!(
+        s[at + 1],
+        "CRIT :8080 in   java[4242] does not close() after the peer's FIN → fix its read() == 0 and error paths \
+         that skip close(); keepalive does not fix this"
+    );
+    assert_eq!(
+        s[at + 2],
+        "WARN all ports  the ring buffer overflowed: every number here misses those events → raise --ring-size \
+         (default 4M), or trace fewer ports (--port filters in the…"
+    );
+    // Cut to the screen's width, marked.
+    assert_eq!(s[at + 2].chars().count(), 160);
+    // Severity-coloured: critical red, warning yellow.
+    assert_eq!(buf[(0, at as u16 + 1)].fg, Color::Red);
+    assert_eq!(buf[(0, at as u16 + 2)].fg, Color::Yellow);
+    assert_eq!(buf[(5, at as u16 + 1)].fg, Color::Reset);
+    // The footer stays at the bottom.
+    assert!(s[39].starts_with("↑↓ select"), "{}", s[39]);
+
+    // The panel follows the filters: outbound rows only, the host-wide finding stays.
+    let mut app = self::app();
+    chars(&mut app, "ii");
+    let s = lines(&draw(&app));
+    assert!(
+        s.iter().any(|l| l.starts_with("findings 1 ")),
+        "{}",
+        s.join("\n")
+    );
+    assert!(!s.iter().any(|l| l.contains("close() sockets")));
+
+    // No findings: one dim line.
+    let mut calm = later();
+    calm.findings.clear();
+    let mut app = App::default();
+    app.on_snapshot(calm);
+    let s = lines(&draw(&app));
+    assert_eq!(s[9], "findings: none", "{}", s.join("\n"));
+}
+
+#[test]
+fn findings_panel_shows_at_most_five_and_counts_the_rest() {
+    let mut snap = later();
+    let f = snap.findings[0].clone();
+    snap.findings = (0..8)
+        .map(|i| crate::findings::Finding {
+            port: Some(8080),
+            evidence: format!("#{i}"),
+            ..f.clone()
+        })
+        .collect();
+    let mut app = App::default();
+    app.on_snapshot(snap);
+    let s = lines(&draw(&app));
+    assert_eq!(
+        s.iter().filter(|l| l.starts_with("CRIT :8080 in")).count(),
+        5
+    );
+    assert!(s.iter().any(|l| l == "… 3 more"), "{}", s.join("\n"));
+    // A small screen gets fewer.
+    let mut term = Terminal::new(TestBackend::new(160, 16)).unwrap();
+    term.draw(|f| render(f, &app)).unwrap();
+    let small = lines(term.backend().buffer());
+    assert_eq!(
+        small
+            .iter()
+            .filter(|l| l.starts_with("CRIT :8080 in"))
+            .count(),
+        2,
+        "{}",
+        small.join("\n")
+    );
+    assert!(
+        small.iter().any(|l| l == "… 6 more"),
+        "{}",
+        small.join("\n")
+    );
+}
+
+#[test]
+fn drill_down_shows_the_findings_of_the_port() {
+    let mut app = app();
+    chars(&mut app, "jjj");
+    app.on_key(press(KeyCode::Enter));
+    assert_eq!(app.drill(), Some((Some(8080), Direction::In)));
+    let buf = draw(&app);
+    let s = lines(&buf);
+    assert_eq!(s[4], "findings 1", "{}", s.join("\n"));
+    assert_eq!(
+        s[5],
+        "CRIT close_wait_leak: 312 in CLOSE_WAIT now, oldest ≥41m; 838 CLOSE_WAIT -> LAST_ACK in 1h00m (p99 9m05s); \
+         owner java[4242]"
+    );
+    assert_eq!(buf[(0, 5)].fg, Color::Red);
+    assert_eq!(
+        s[6],
+        "     cause: java[4242] does not close() after the peer's FIN"
+    );
+    assert!(
+        s[7].starts_with("     next:  fix its read() == 0"),
+        "{}",
+        s[7]
+    );
+    // Host-wide findings are not the port's.
+    assert!(!s.iter().any(|l| l.contains("lost_events")));
+    // A port without findings says so.
+    app.on_key(press(KeyCode::Up));
+    assert_eq!(app.drill(), Some((Some(5432), Direction::Out)));
+    let s = lines(&draw(&app));
+    assert_eq!(s[4], "no findings for this port", "{}", s.join("\n"));
+}
+
+#[test]
+fn findings_panel_stays_visible_under_a_long_table() {
+    let mut snap = later();
+    let template = snap.ports[0].clone();
+    for p in 1000..1060 {
+        let mut row = template.clone();
+        row.port = Some(p);
+        snap.ports.push(row);
+    }
+    let mut app = App::default();
+    app.on_snapshot(snap);
+    let s = lines(&draw(&app));
+    assert!(s[36].starts_with("CRIT :8080 in"), "{}", s.join("\n"));
+    assert!(s[37].starts_with("WARN all ports"), "{}", s.join("\n"));
+    assert!(s[39].starts_with("↑↓ select"));
+}
