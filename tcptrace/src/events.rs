@@ -68,7 +68,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     if let Some(path) = &args.from {
         return replay(path, filter, args.json);
     }
-    let mut tracer = Tracer::load(TracerConfig {
+    let mut tracer = Tracer::load(&TracerConfig {
         netns: args.netns,
         ports: args.ports.clone(),
         ..args.trace.tracer_config()

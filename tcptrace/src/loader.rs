@@ -142,7 +142,7 @@ pub struct Tracer {
 
 impl Tracer {
     /// Checks privileges and BTF, loads the object and attaches every hook.
-    pub fn load(config: TracerConfig) -> Result<Self> {
+    pub fn load(config: &TracerConfig) -> Result<Self> {
         check_privileges()?;
         if !Path::new("/sys/kernel/btf/vmlinux").exists() {
             bail!(

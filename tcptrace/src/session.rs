@@ -52,7 +52,7 @@ impl Session {
     /// `ports`: filtered in the kernel (either side), as the aggregator's
     /// namespace is.
     pub fn start(trace: &TraceArgs, cfg: AggregatorConfig, ports: &[u16]) -> Result<Self> {
-        let mut tracer = Tracer::load(TracerConfig {
+        let mut tracer = Tracer::load(&TracerConfig {
             netns: cfg.netns,
             ports: ports.to_vec(),
             ..trace.tracer_config()

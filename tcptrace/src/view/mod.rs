@@ -77,6 +77,16 @@ impl Default for TableOptions {
     }
 }
 
+/// What an empty table says: that the filter hides everything, or that
+/// nothing has happened yet.
+pub fn empty_message(opts: &TableOptions) -> &'static str {
+    if opts.ports.is_empty() && opts.direction.is_none() {
+        "(no TCP activity seen yet)"
+    } else {
+        "(no ports match)"
+    }
+}
+
 /// A column rows can be sorted by. Port sorts ascending, everything else
 /// largest first, ties by port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -40,7 +40,8 @@ pub fn render_table(snap: &Snapshot, prev: Option<&Snapshot>, opts: &TableOption
         push_line(&mut out, &cells, &widths);
     }
     if body.is_empty() {
-        out.push_str("(no ports match)\n");
+        out.push_str(super::empty_message(opts));
+        out.push('\n');
     }
     out.push_str(&findings_text(&findings(snap, opts)));
     out
@@ -273,6 +274,8 @@ mod tests {
         };
         let t = render_table(&incident(), None, &none);
         assert!(t.contains("(no ports match)\nfindings: 1\n"), "{t}");
+        let idle = render_table(&Snapshot::default(), None, &TableOptions::default());
+        assert!(idle.contains("(no TCP activity seen yet)\n"), "{idle}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! key, which `tui::App::on_key` turns into `Quit`.
 
 use std::future::poll_fn;
-use std::io::{self, Stdout};
+use std::io::{self, BufWriter, Stdout};
 use std::pin::Pin;
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +31,10 @@ static PANIC_HOOK: Once = Once::new();
 
 /// Owns the terminal while the live view runs.
 pub struct TerminalGuard {
-    terminal: ratatui::Terminal<CrosstermBackend<Stdout>>,
+    /// Buffered so that a frame leaves in one write (ratatui flushes after
+    /// each draw): through std's 1 KiB stdout buffer a full screen went out in
+    /// about ten writes, and a terminal could show it half drawn.
+    terminal: ratatui::Terminal<CrosstermBackend<BufWriter<Stdout>>>,
 }
 
 impl TerminalGuard {
@@ -49,7 +52,10 @@ impl TerminalGuard {
         ACTIVE.store(true, Ordering::SeqCst);
         let entered = enable_raw_mode()
             .and_then(|()| execute!(io::stdout(), EnterAlternateScreen, cursor::Hide))
-            .and_then(|()| ratatui::Terminal::new(CrosstermBackend::new(io::stdout())));
+            .and_then(|()| ratatui::Terminal::new(CrosstermBackend::new(BufWriter::with_capacity(
+                1 << 16,
+                io::stdout(),
+            ))));
         match entered {
             Ok(terminal) => Ok(Self { terminal }),
             Err(e) => {

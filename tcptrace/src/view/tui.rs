@@ -397,7 +397,7 @@ fn render_table(frame: &mut Frame, area: Rect, snap: &Snapshot, app: &App) {
         .and_then(|k| shown.iter().position(|r| key(r) == k));
     let mut state = TableState::new().with_selected(selected);
     if shown.is_empty() {
-        frame.render_widget(Paragraph::new("no ports match the filter"), area);
+        frame.render_widget(Paragraph::new(crate::view::empty_message(&app.opts)), area);
     } else {
         frame.render_stateful_widget(table, area, &mut state);
     }

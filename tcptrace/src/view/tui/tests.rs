@@ -200,7 +200,7 @@ fn port_filter_is_typed_applied_and_cleared() {
     // A filter that matches nothing says so.
     chars(&mut app, "/1");
     app.on_key(press(KeyCode::Enter));
-    assert!(screen(&app).contains("no ports match the filter"));
+    assert!(screen(&app).contains("(no ports match)"));
     assert_eq!(app.selected(), None);
 }
 
