@@ -26,7 +26,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub async fn record(args: RecordArgs) -> Result<()> {
     // Filtered in the kernel where it can (and again below, for more ports
     // than the kernel filter holds).
-    let mut tracer = Tracer::load(TracerConfig {
+    let mut tracer = Tracer::load(&TracerConfig {
         netns: args.netns,
         ports: args.ports.clone(),
         ..args.trace.tracer_config()
