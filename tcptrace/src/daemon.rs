@@ -33,6 +33,12 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
     };
     let flight_args = args.flight.clone();
     let cfg = DaemonConfig::resolve(args, file, log_level)?;
+    // Handlers first: a SIGHUP from logrotate (or any of these) while the
+    // programs load must not kill the daemon with the signal's default action.
+    let mut shutdown = Shutdown::install()?;
+    let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("install SIGUSR1 handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("install SIGUSR2 handler")?;
     log::set_max_level(cfg.log_level);
     let flight = crate::flight::FlightRecorder::from_daemon(&flight_args, &cfg)?;
     let agg_cfg = AggregatorConfig {
@@ -80,10 +86,6 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
         })
     };
     let mut census_rx = spawn_census(census_only, cfg.census_interval);
-    let mut shutdown = Shutdown::install()?;
-    let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
-    let mut usr1 = signal(SignalKind::user_defined1()).context("install SIGUSR1 handler")?;
-    let mut usr2 = signal(SignalKind::user_defined2()).context("install SIGUSR2 handler")?;
     let mut reports = tokio::time::interval(cfg.interval);
     reports.tick().await;
     let mut metrics_tick = tokio::time::interval(METRICS_REFRESH);
@@ -106,7 +108,10 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
             _ = usr2.recv() => crate::flight::dump(&mut session, "sigusr2", "SIGUSR2"),
             _ = hup.recv() => {
                 log::info!("SIGHUP: reopening the output");
-                sink.reopen()?;
+                // Keep writing to the old file rather than stop tracing.
+                if let Err(e) = sink.reopen() {
+                    log::error!("reopening the output failed, still writing to the old file: {e:#}");
+                }
             }
             Some(census) = census_rx.recv() => apply_census(&mut session, census),
             Some(reply) = sockets_rx.recv() => {
