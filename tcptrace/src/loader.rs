@@ -134,6 +134,8 @@ pub struct Tracer {
     _ebpf: Ebpf,
     rings: Vec<RingBuf<MapData>>,
     lost: LostCounter,
+    /// Our program fds, whose fdinfo counts the runs the kernel skipped.
+    program_fds: Vec<std::os::fd::RawFd>,
     /// (tracepoint, how it was attached) for every hook that is live.
     pub attached: Vec<(&'static str, Attachment)>,
     /// One line per feature lost to a missing hook.
@@ -205,6 +207,18 @@ impl Tracer {
             }
         }
 
+        let program_fds = attached
+            .iter()
+            .filter_map(|(name, how)| {
+                let hook = HOOKS.iter().find(|h| h.name == *name)?;
+                let prog = match how {
+                    Attachment::Btf => hook.btf_program,
+                    Attachment::Classic => hook.classic_program,
+                };
+                let fd = ebpf.program(prog)?.fd().ok()?;
+                Some(fd.as_fd().as_raw_fd())
+            })
+            .collect();
         let mut ring_bufs = Vec::new();
         for name in &names::RING_MAPS[..rings as usize] {
             let map = ebpf.take_map(name).with_context(|| format!("map {name}"))?;
@@ -216,6 +230,7 @@ impl Tracer {
         Ok(Self {
             _ebpf: ebpf,
             rings: ring_bufs,
+            program_fds,
             lost,
             attached,
             warnings,
@@ -237,10 +252,33 @@ impl Tracer {
         std::mem::take(&mut self.rings)
     }
 
-    /// Records the kernel could not reserve, summed over CPUs.
+    /// Events lost: records the ring could not take (summed over CPUs),
+    /// plus program runs the kernel skipped because the same program was
+    /// already running on that CPU (a softirq interrupting a process-context
+    /// run; kernel/trace/bpf_trace.c: __bpf_trace_run counts them as
+    /// recursion misses). Both are read without a syscall on bpf(2): the ring
+    /// counter is mapped, the misses come from /proc/self/fdinfo, so this
+    /// keeps working after `--user` dropped every capability.
     pub fn lost_events(&self) -> Result<u64> {
-        Ok(self.lost.sum())
+        Ok(self.lost.sum() + self.missed_runs()?)
     }
+
+    /// Program runs the kernel skipped (recursion misses; the field exists
+    /// since 5.12, before which such runs were not skipped silently either).
+    pub fn missed_runs(&self) -> Result<u64> {
+        let mut sum = 0;
+        for fd in &self.program_fds {
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+                .with_context(|| format!("read /proc/self/fdinfo/{fd} for skipped program runs"))?;
+            sum += fdinfo_field(&info, "recursion_misses").unwrap_or(0);
+        }
+        Ok(sum)
+    }
+}
+
+/// A numeric field of an fdinfo file (`name:\tvalue`).
+fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
 }
 
 fn page_size() -> usize {
@@ -395,5 +433,19 @@ fn raise_memlock() {
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fdinfo_field;
+
+    #[test]
+    fn reads_recursion_misses_from_fdinfo() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t288\nverified_insns:\t120\n";
+        assert_eq!(fdinfo_field(info, "recursion_misses"), Some(288));
+        assert_eq!(fdinfo_field(info, "run_cnt"), Some(0));
+        assert_eq!(fdinfo_field(info, "recursion"), None);
+        assert_eq!(fdinfo_field("pos:\t0\n", "recursion_misses"), None);
     }
 }

@@ -34,6 +34,13 @@ pub fn drop_to(user: &str) -> Result<()> {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_NO_NEW_PRIVS)");
         }
+        // The uid change made us non-dumpable, which hands /proc/self to root;
+        // we still read our own /proc/self/fdinfo (the programs' skipped-run
+        // counters). The cost: processes of the same (dedicated) user may
+        // ptrace us, which gives them nothing they could not read anyway.
+        if libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE)");
+        }
     }
     let (eff, prm) = capabilities();
     if eff != 0 || prm != 0 {
