@@ -131,6 +131,9 @@ struct Pair {
     traced: Traced,
     /// Other processes' tracing programs seen during either run.
     foreign: Vec<String>,
+    /// 1-minute load average at the end of the pair (the churn's own
+    /// threads count about 4): other work on the machine skews the ratio.
+    load: f64,
 }
 
 impl Pair {
@@ -205,6 +208,7 @@ pub fn run(mut args: BenchArgs, bin: &Path, stop: &AtomicBool) -> Result<()> {
             untraced: untraced.churn,
             traced,
             foreign,
+            load: loadavg(),
         };
         if i == 0 {
             println!("{LEGEND}");
@@ -386,9 +390,20 @@ fn row(label: &str, p: &Pair) -> String {
     ) + &notes(p)
 }
 
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn notes(p: &Pair) -> String {
-    let mut s = String::new();
     let t = &p.traced;
+    let mut s = format!(
+        "  daemon {:.0}% of a CPU, load {:.1}",
+        100.0 * (t.user_s + t.sys_s) / t.churn.elapsed.as_secs_f64().max(1e-9),
+        p.load
+    );
     let errors = p.untraced.errors + t.churn.errors;
     if errors > 0 {
         let first = t
@@ -575,9 +590,11 @@ fn targets(m: &Medians) -> String {
 }
 
 const LEGEND: &str = "columns: untr/traced c/s = connections/s without/with the daemon; expected = from the \
-namespace's kernel counters; seen = the namespace's events in the daemon's reports (--netns); read = events \
-the daemon read during the churn, all namespaces (/metrics); lost = ring buffer full; missed = BPF program \
-runs the kernel skipped (recursion_misses); user/sys ns = daemon CPU per event read; kernel ns = BPF \
+namespace's kernel counters (a reset beyond the mode's own that hits a full socket adds a recv_reset the \
+counters cannot show, so seen may exceed expected by up to the extra resets); seen = the namespace's events \
+in the daemon's reports (--netns); read = events the daemon read during the churn (its /metrics; --netns \
+filters in the kernel, so this namespace's only); lost = ring buffer full; missed = BPF program runs the \
+kernel skipped (recursion_misses: silent losses); user/sys ns = daemon CPU per event read; kernel ns = BPF \
 run_time_ns / run_cnt; HWM = daemon peak RSS";
 
 /// Columns: "seen" = events of the benchmark's namespace in the daemon's
@@ -615,6 +632,7 @@ fn to_json(
                 "listen_overflows": t.listen_overflows,
                 "extra_resets": t.extra_resets,
                 "other_tracers": p.foreign,
+                "loadavg_1m": num(p.load),
                 "programs": t.programs.iter().map(prog_json).collect::<Vec<_>>(),
                 "recursion_misses": t.missed(),
             })

@@ -121,7 +121,7 @@ pub fn run(args: &SoakArgs, bin: &Path, stop: &AtomicBool) -> Result<()> {
         bail!("tcptrace daemon exited with {status}:\n{log}");
     }
     println!(
-        "churn: {} connections, {:.0}/s, {} errors{}; daemon: {events:.0} events, {lost:.0} lost, {} reports, exit {status}",
+        "churn: {} connections, {:.0}/s, {} errors{}; daemon: {events:.0} events, {lost:.0} lost, {} reports, {status}",
         outcome.connections,
         outcome.per_second(),
         outcome.errors,
