@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use hdrhistogram::Histogram;
 
-use crate::event::{Detail, Event};
+use crate::event::{Detail, Event, Kind};
 use crate::reasons::ResetReasons;
 use crate::snapshot::{
     AcceptQueue, Bucket, Direction, Dwell, EventCounts, Handshakes, PortSnapshot, ResetCount,
@@ -195,6 +195,8 @@ pub struct Aggregator {
     /// Requests not followed because `pending` was full.
     pub pending_overflow: u64,
     counts: EventCounts,
+    /// Events by kind, indexed by `Kind as usize`.
+    by_kind: [u64; Kind::ALL.len()],
     start_ns: u64,
     census: CensusView,
 }
@@ -212,6 +214,7 @@ impl Aggregator {
             pending: HashMap::new(),
             pending_overflow: 0,
             counts: EventCounts::default(),
+            by_kind: [0; Kind::ALL.len()],
             start_ns,
             census: CensusView::default(),
         }
@@ -287,11 +290,8 @@ impl Aggregator {
     /// have observed the event first).
     pub fn add(&mut self, ev: &Event, note: &Note, tracker: &Tracker) {
         self.counts.total += 1;
-        *self
-            .counts
-            .by_kind
-            .entry(ev.kind().name().to_string())
-            .or_default() += 1;
+        // An array, not the snapshot's map: no allocation per event.
+        self.by_kind[ev.kind() as usize] += 1;
         if self.cfg.netns.is_some_and(|n| n != ev.netns) {
             return;
         }
@@ -498,6 +498,11 @@ impl Aggregator {
             }
         }
         let mut counts = self.counts.clone();
+        counts.by_kind = Kind::ALL
+            .iter()
+            .filter(|k| self.by_kind[**k as usize] > 0)
+            .map(|k| (k.name().to_string(), self.by_kind[*k as usize]))
+            .collect();
         counts.untracked = tracker.untracked;
         counts.folded_ports = self.folded.len() as u64 + self.folded_overflow;
         Snapshot {
