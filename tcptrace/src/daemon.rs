@@ -31,7 +31,7 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let flight_args = args.flight.clone();
+    let flight_args = args.flight.clone().checked()?;
     let cfg = DaemonConfig::resolve(args, file, log_level)?;
     // Handlers first: a SIGHUP from logrotate (or any of these) while the
     // programs load must not kill the daemon with the signal's default action.
@@ -40,7 +40,6 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
     let mut usr1 = signal(SignalKind::user_defined1()).context("install SIGUSR1 handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("install SIGUSR2 handler")?;
     log::set_max_level(cfg.log_level);
-    let flight = crate::flight::FlightRecorder::from_daemon(&flight_args, &cfg)?;
     let agg_cfg = AggregatorConfig {
         max_ports: cfg.max_ports,
         synack_retries: cfg.synack_retries.unwrap_or_else(session::synack_retries),
@@ -54,7 +53,7 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
         log::warn!("{w}");
     }
     session.start_intervals();
-    session.flight = flight;
+    session.flight = crate::flight::FlightRecorder::from_daemon(&flight_args, &cfg);
     let (started, first) = take_census(cfg.netns).await;
     match first {
         Ok(c) => session.seed(&c, started),

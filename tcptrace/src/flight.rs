@@ -50,6 +50,23 @@ pub struct FlightArgs {
     pub trigger_cooldown: Duration,
 }
 
+impl FlightArgs {
+    /// Flags that parse but do not go together (exit code 2, like clap's).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.flight_events == 0 && !self.triggers.is_empty() {
+            return Err(ConfigError(
+                "--trigger needs the flight recorder: --flight-events must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checked flags (see [`FlightArgs::check`]).
+    pub fn checked(self) -> Result<Self, ConfigError> {
+        self.check().map(|()| self)
+    }
+}
+
 /// A condition that dumps the flight recorder.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Trigger {
@@ -130,6 +147,8 @@ pub struct FlightRecorder {
     marks: VecDeque<(u64, u64)>,
     started_ns: u64,
     netns: Option<u32>,
+    /// The daemon's --port filter (applied in the kernel), for the header.
+    ports: Vec<u16>,
     pub dir: PathBuf,
     triggers: Vec<Trigger>,
     cooldown: Duration,
@@ -148,12 +167,8 @@ impl FlightRecorder {
         lost_now: u64,
         now_ns: u64,
     ) -> Result<Option<Self>, ConfigError> {
+        args.check()?;
         if args.flight_events == 0 {
-            if !args.triggers.is_empty() {
-                return Err(ConfigError(
-                    "--trigger needs the flight recorder: --flight-events must be above 0".into(),
-                ));
-            }
             return Ok(None);
         }
         let dir = args.flight_dir.clone().unwrap_or_else(|| {
@@ -171,6 +186,7 @@ impl FlightRecorder {
             marks: VecDeque::from([(0, lost_now)]),
             started_ns: now_ns,
             netns,
+            ports: Vec::new(),
             dir,
             triggers: args.triggers.clone(),
             cooldown: args.trigger_cooldown,
@@ -179,18 +195,17 @@ impl FlightRecorder {
         }))
     }
 
-    /// The daemon's recorder, logging what it keeps and where it dumps.
-    pub fn from_daemon(
-        args: &FlightArgs,
-        cfg: &crate::config::DaemonConfig,
-    ) -> Result<Option<Self>, ConfigError> {
-        let f = Self::new(
-            args,
-            cfg.output.as_deref(),
-            cfg.netns,
-            0,
-            Clock::monotonic_now_ns(),
-        )?;
+    /// The daemon's recorder (`args` checked with [`FlightArgs::check`]),
+    /// logging what it keeps and where it dumps.
+    pub fn from_daemon(args: &FlightArgs, cfg: &crate::config::DaemonConfig) -> Option<Self> {
+        let now = Clock::monotonic_now_ns();
+        let mut f = Self::new(args, cfg.output.as_deref(), cfg.netns, 0, now).unwrap_or_else(|e| {
+            log::error!("flight recorder off: {e}");
+            None
+        });
+        if let Some(f) = &mut f {
+            f.ports.clone_from(&cfg.ports);
+        }
         match &f {
             Some(f) => log::info!(
                 "flight recorder: the last {} events (~{} MB), dumped to {} on SIGUSR2{}",
@@ -205,7 +220,7 @@ impl FlightRecorder {
             ),
             None => log::info!("flight recorder off"),
         }
-        Ok(f)
+        f
     }
 
     /// Keeps one ring-buffer record, forgetting the oldest when full.
@@ -425,6 +440,7 @@ pub fn dump(session: &mut Session, tag: &str, why: &str) {
     header.synack_retries = cfg.synack_retries;
     header.ephemeral = (*cfg.ephemeral.start(), *cfg.ephemeral.end());
     header.netns = cfg.netns;
+    header.ports.clone_from(&flight.ports);
     let dump = flight.dump(header);
     let dir = flight.dir.clone();
     let name = file_name(session.clock, now, tag);

@@ -84,7 +84,9 @@ fn from_events(snap: &Value) -> BTreeMap<String, Value> {
                 st.remove("now");
             }
             let empty = st.values().all(|v| {
-                v.as_u64() == Some(0) || v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
+                v.as_u64() == Some(0)
+                    || v.is_null()
+                    || v.as_object().is_some_and(serde_json::Map::is_empty)
             });
             if !empty {
                 states.insert(name.clone(), Value::Object(st));
@@ -105,7 +107,7 @@ fn from_events(snap: &Value) -> BTreeMap<String, Value> {
             && p["resets_sent"].as_array().is_some_and(Vec::is_empty)
             && p["resets_received"]
                 .as_object()
-                .is_some_and(|o| o.is_empty())
+                .is_some_and(serde_json::Map::is_empty)
             && p["synack_retrans"] == 0
             && p["retransmits"] == 0;
         if !idle {
@@ -131,7 +133,8 @@ fn assert_same(live: &Value, rec: &Value, path: &str) {
                 let at = format!("{path}.{k}");
                 if k == "buckets" {
                     continue; // a value near a bucket's edge may change bucket
-                } else if k.ends_with("_us") {
+                }
+                if k.ends_with("_us") {
                     let (x, y) = (v.as_f64().unwrap(), b[k].as_f64().unwrap());
                     assert!(
                         (x - y).abs() <= (0.01 * x.max(y)).max(100.0),
@@ -152,30 +155,9 @@ fn assert_same(live: &Value, rec: &Value, path: &str) {
     }
 }
 
-#[test]
-#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
-fn a_recording_reports_what_watch_saw_live() {
-    let ns = Netns::new("record");
-    let dir = TempDir::new("roundtrip");
-    let file = dir.0.join("trace.tcptrace");
-    let inode = ns.inode.to_string();
-    let watch = Trace::start(
-        &["watch", "--once", "5s", "--json", "--netns", &inode],
-        "tcptrace: tracing",
-    );
-    let record = Trace::start(
-        &[
-            "record",
-            "-o",
-            file.to_str().unwrap(),
-            "--duration",
-            "5s",
-            "--netns",
-            &inode,
-        ],
-        "tcptrace: tracing",
-    );
-    // Every socket is made after both trace: nothing for the census to seed.
+/// A: 20 connections whose server holds CLOSE_WAIT for 300 ms; B: 10
+/// refused connections; D: 3 sockets left in CLOSE_WAIT (returned, held).
+fn workload(ns: &Netns) -> (u16, u16, (TcpListener, Vec<TcpStream>)) {
     // A: 20 connections whose server holds CLOSE_WAIT for 300 ms.
     let work_a = ns.spawn(|| {
         let l = listen("127.0.0.1:0");
@@ -213,9 +195,38 @@ fn a_recording_reports_what_watch_saw_live() {
             .collect();
         (l, kept)
     });
-    let port_a = work_a.join().unwrap();
-    let port_b = work_b.join().unwrap();
-    let (listener_d, kept_d) = work_d.join().unwrap();
+    (
+        work_a.join().unwrap(),
+        work_b.join().unwrap(),
+        work_d.join().unwrap(),
+    )
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn a_recording_reports_what_watch_saw_live() {
+    let ns = Netns::new("record");
+    let dir = TempDir::new("roundtrip");
+    let file = dir.0.join("trace.tcptrace");
+    let inode = ns.inode.to_string();
+    let watch = Trace::start(
+        &["watch", "--once", "5s", "--json", "--netns", &inode],
+        "tcptrace: tracing",
+    );
+    let record = Trace::start(
+        &[
+            "record",
+            "-o",
+            file.to_str().unwrap(),
+            "--duration",
+            "5s",
+            "--netns",
+            &inode,
+        ],
+        "tcptrace: tracing",
+    );
+    // Every socket is made after both trace: nothing for the census to seed.
+    let (port_a, port_b, (listener_d, kept_d)) = workload(&ns);
     let port_d = listener_d.local_addr().unwrap().port();
 
     let (live, _) = watch.finish();
