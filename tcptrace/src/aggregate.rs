@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 
 use crate::event::{Detail, Event, Kind};
 use crate::reasons::ResetReasons;
@@ -188,10 +189,12 @@ pub struct CensusView {
 
 pub struct Aggregator {
     cfg: AggregatorConfig,
-    ports: HashMap<PortKey, PortStats>,
+    /// On the per-event path; the keys are few and not attacker-chosen in
+    /// number (capped by max_ports), so FxHash rather than SipHash.
+    ports: FxHashMap<PortKey, PortStats>,
     folded: HashSet<PortKey>,
     folded_overflow: u64,
-    pending: HashMap<(u32, SocketAddr, SocketAddr), Pending>,
+    pending: FxHashMap<(u32, SocketAddr, SocketAddr), Pending>,
     /// Requests not followed because `pending` was full.
     pub pending_overflow: u64,
     counts: EventCounts,
@@ -208,10 +211,10 @@ impl Aggregator {
     pub fn new(cfg: AggregatorConfig, start_ns: u64) -> Self {
         Self {
             cfg,
-            ports: HashMap::new(),
+            ports: FxHashMap::default(),
             folded: HashSet::new(),
             folded_overflow: 0,
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
             pending_overflow: 0,
             counts: EventCounts::default(),
             by_kind: [0; Kind::ALL.len()],

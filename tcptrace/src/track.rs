@@ -7,7 +7,9 @@
 //! CLOSE->SYN_SENT, CLOSE->LISTEN and LISTEN->SYN_RECV always begin a new life,
 //! and CLOSE ends one.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -84,10 +86,12 @@ struct Closed {
 }
 
 pub struct Tracker {
-    socks: HashMap<u64, Sock>,
+    /// Keyed by socket cookie: already a unique number, so the fast FxHash
+    /// (not SipHash's DoS resistance) is the right trade on the per-event path.
+    socks: FxHashMap<u64, Sock>,
     /// (netns, local port) -> owner of the listener, inherited by accepted sockets.
-    listeners: HashMap<(u32, u16), Option<Arc<Task>>>,
-    closed: HashMap<u64, Closed>,
+    listeners: FxHashMap<(u32, u16), Option<Arc<Task>>>,
+    closed: FxHashMap<u64, Closed>,
     closed_order: VecDeque<u64>,
     max_socks: usize,
     /// New sockets not tracked because `max_socks` was reached.
@@ -97,9 +101,9 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(max_socks: usize) -> Self {
         Self {
-            socks: HashMap::new(),
-            listeners: HashMap::new(),
-            closed: HashMap::new(),
+            socks: FxHashMap::default(),
+            listeners: FxHashMap::default(),
+            closed: FxHashMap::default(),
             closed_order: VecDeque::new(),
             max_socks,
             untracked: 0,
