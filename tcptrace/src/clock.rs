@@ -35,7 +35,9 @@ impl Clock {
 
     /// RFC 3339 UTC to the millisecond, for report and snapshot headers.
     pub fn wall_ms(self, monotonic_ns: u64) -> String {
-        self.wall(monotonic_ns).strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+        self.wall(monotonic_ns)
+            .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
     }
 
     pub fn wall(self, monotonic_ns: u64) -> Timestamp {

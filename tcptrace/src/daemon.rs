@@ -75,7 +75,8 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
     );
 
     let (publish, latest) = watch::channel(Arc::new(Snapshot::default()));
-    let (sockets_tx, mut sockets_rx) = tokio::sync::mpsc::channel::<crate::metrics::SocketsRequest>(4);
+    let (sockets_tx, mut sockets_rx) =
+        tokio::sync::mpsc::channel::<crate::metrics::SocketsRequest>(4);
     let stop_http = Arc::new(Notify::new());
     let http = {
         let stop = stop_http.clone();
@@ -136,7 +137,9 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
 /// namespace the census may still cover (entering others needs
 /// CAP_SYS_ADMIN, which is gone).
 fn drop_privileges(cfg: &DaemonConfig) -> Result<Option<u32>> {
-    let Some(user) = &cfg.user else { return Ok(cfg.netns) };
+    let Some(user) = &cfg.user else {
+        return Ok(cfg.netns);
+    };
     crate::privileges::drop_to(user)?;
     log::info!("running as {user} with no capabilities");
     if cfg.netns.is_some() {

@@ -278,7 +278,8 @@ impl Tracer {
 
 /// A numeric field of an fdinfo file (`name:\tvalue`).
 fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
-    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
 }
 
 fn page_size() -> usize {

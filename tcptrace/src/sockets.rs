@@ -70,16 +70,33 @@ pub struct SocketRow {
 /// Socket inode -> (pid, comm) of a process holding it, from /proc/*/fd.
 pub fn owners() -> HashMap<u32, (u32, String)> {
     let mut map = HashMap::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return map };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return map;
+    };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
         let mut comm: Option<String> = None;
         for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-            let Some(inode) = socket_inode(&target.to_string_lossy()) else { continue };
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(inode) = socket_inode(&target.to_string_lossy()) else {
+                continue;
+            };
             let comm = comm.get_or_insert_with(|| {
-                std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default().trim().to_string()
+                std::fs::read_to_string(entry.path().join("comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
             });
             map.entry(inode).or_insert_with(|| (pid, comm.clone()));
         }
@@ -89,7 +106,10 @@ pub fn owners() -> HashMap<u32, (u32, String)> {
 
 /// `socket:[12345]` -> 12345.
 fn socket_inode(link: &str) -> Option<u32> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Joins the census with tracking and owners.
@@ -101,20 +121,37 @@ pub fn join(
 ) -> Vec<SocketRow> {
     let mut rows = Vec::new();
     for ns in census {
-        let listening: Vec<u16> =
-            ns.sockets.iter().filter(|s| s.state == TcpState::Listen).map(|s| s.local.port()).collect();
-        for s in ns.sockets.iter().filter(|s| s.state != TcpState::NewSynRecv) {
+        let listening: Vec<u16> = ns
+            .sockets
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .map(|s| s.local.port())
+            .collect();
+        for s in ns
+            .sockets
+            .iter()
+            .filter(|s| s.state != TcpState::NewSynRecv)
+        {
             let k = known.get(&s.cookie).filter(|k| k.state == s.state);
             let origin = k.map_or(Origin::Unknown, |k| k.origin);
             let (port, direction) = if s.state == TcpState::Listen {
                 (s.local.port(), Direction::In)
             } else {
-                attribute(origin, &s.local, &s.remote, listening.contains(&s.local.port()), ephemeral)
+                attribute(
+                    origin,
+                    &s.local,
+                    &s.remote,
+                    listening.contains(&s.local.port()),
+                    ephemeral,
+                )
             };
             let (age_s, exact) = match (k, s.timewait) {
                 (Some(k), _) => (Some(k.age_s), k.exact),
                 // The timer of a timewait socket tells how long it has been there.
-                (None, true) => (s.age_ms(ns.fin_timeout_ms).map(|ms| ms as f64 / 1e3), s.state == TcpState::TimeWait),
+                (None, true) => (
+                    s.age_ms(ns.fin_timeout_ms).map(|ms| ms as f64 / 1e3),
+                    s.state == TcpState::TimeWait,
+                ),
                 (None, false) => (None, false),
             };
             let owner = owners.get(&s.inode).filter(|_| s.inode != 0);
@@ -127,7 +164,9 @@ pub fn join(
                 port,
                 direction,
                 pid: owner.map(|o| o.0).or_else(|| k.and_then(|k| k.pid)),
-                comm: owner.map(|o| o.1.clone()).or_else(|| k.and_then(|k| k.comm.clone())),
+                comm: owner
+                    .map(|o| o.1.clone())
+                    .or_else(|| k.and_then(|k| k.comm.clone())),
                 recv_q: s.recv_q,
                 send_q: s.send_q,
                 netns: ns.inode,
@@ -151,9 +190,14 @@ pub struct SocketFilter {
 impl SocketFilter {
     pub fn matches(&self, r: &SocketRow) -> bool {
         (self.ports.is_empty()
-            || self.ports.iter().any(|p| *p == r.port || *p == r.local.port() || *p == r.remote.port()))
+            || self
+                .ports
+                .iter()
+                .any(|p| *p == r.port || *p == r.local.port() || *p == r.remote.port()))
             && (self.states.is_empty() || self.states.contains(&r.state))
-            && self.older_than_s.is_none_or(|min| r.age_s.is_some_and(|a| a >= min))
+            && self
+                .older_than_s
+                .is_none_or(|min| r.age_s.is_some_and(|a| a >= min))
     }
 }
 
@@ -171,7 +215,9 @@ pub fn sort(rows: &mut [SocketRow]) {
 pub const HEADER: &str = "STATE        AGE      PORT  DIR LOCAL                  REMOTE                 PID     COMM            RECV-Q SEND-Q";
 
 pub fn text_line(r: &SocketRow) -> String {
-    let age = r.age_s.map_or_else(|| "?".to_string(), |a| crate::view::human::age(a, r.exact));
+    let age = r
+        .age_s
+        .map_or_else(|| "?".to_string(), |a| crate::view::human::age(a, r.exact));
     let line = format!(
         "{:<12} {:<8} {:>5} {:<3} {:<22} {:<22} {:<7} {:<15} {:>6} {:>6}",
         r.state.to_string(),
@@ -190,15 +236,17 @@ pub fn text_line(r: &SocketRow) -> String {
 
 /// `tcptrace sockets`.
 pub async fn run(args: crate::cli::SocketsArgs) -> anyhow::Result<()> {
-    use std::io::Write as _;
     use anyhow::Context as _;
+    use std::io::Write as _;
 
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let only = match args.netns {
         Some(n) => Some(n),
         // Entering other namespaces needs CAP_SYS_ADMIN.
-        None if !root => Some(crate::census::netns_inode("/proc/self/ns/net".as_ref()).context("own netns")?),
+        None if !root => {
+            Some(crate::census::netns_inode("/proc/self/ns/net".as_ref()).context("own netns")?)
+        }
         None => None,
     };
     let known: HashMap<u64, Known> = if args.no_daemon {
@@ -215,9 +263,10 @@ pub async fn run(args: crate::cli::SocketsArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let (census, owners) = tokio::task::spawn_blocking(move || (crate::census::dump_all(only), owners()))
-        .await
-        .context("census task")?;
+    let (census, owners) =
+        tokio::task::spawn_blocking(move || (crate::census::dump_all(only), owners()))
+            .await
+            .context("census task")?;
     let census = census?;
     let mut rows = join(&census, &known, &owners, &crate::session::ephemeral_ports());
     let filter = SocketFilter {
@@ -232,7 +281,11 @@ pub async fn run(args: crate::cli::SocketsArgs) -> anyhow::Result<()> {
         writeln!(out, "{HEADER}")?;
     }
     for r in &rows {
-        let line = if args.json { serde_json::to_string(r)? } else { text_line(r) };
+        let line = if args.json {
+            serde_json::to_string(r)?
+        } else {
+            text_line(r)
+        };
         if let Err(e) = writeln!(out, "{line}") {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 return Ok(());
@@ -264,10 +317,14 @@ async fn fetch_known(addr: SocketAddr) -> anyhow::Result<Vec<Known>> {
     if !resp.status().is_success() {
         bail!("GET /sockets: {}", resp.status());
     }
-    let body = resp.into_body().collect().await.context("read /sockets")?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .context("read /sockets")?
+        .to_bytes();
     serde_json::from_slice(&body).context("parse /sockets")
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -304,8 +361,20 @@ mod tests {
             fin_timeout_ms: 60_000,
             sockets: vec![
                 sock(TcpState::Listen, "10.0.0.1:8080", "0.0.0.0:0", 1, 100),
-                sock(TcpState::CloseWait, "10.0.0.1:8080", "10.0.0.2:50000", 10, 101),
-                sock(TcpState::CloseWait, "10.0.0.1:8080", "10.0.0.2:50001", 11, 102),
+                sock(
+                    TcpState::CloseWait,
+                    "10.0.0.1:8080",
+                    "10.0.0.2:50000",
+                    10,
+                    101,
+                ),
+                sock(
+                    TcpState::CloseWait,
+                    "10.0.0.1:8080",
+                    "10.0.0.2:50001",
+                    11,
+                    102,
+                ),
                 tw,
             ],
         }]
@@ -325,19 +394,45 @@ mod tests {
         .into_iter()
         .map(|k| (k.cookie, k))
         .collect();
-        let owners: HashMap<u32, (u32, String)> =
-            [(101, (31, "server".to_string())), (102, (31, "server".to_string()))].into();
+        let owners: HashMap<u32, (u32, String)> = [
+            (101, (31, "server".to_string())),
+            (102, (31, "server".to_string())),
+        ]
+        .into();
         let mut rows = join(&census(), &known, &owners, &(32768..=60999));
         sort(&mut rows);
-        let summary: Vec<Row> =
-            rows.iter().map(|r| (r.state, r.age_s, r.exact, r.port, r.direction, r.pid)).collect();
+        let summary: Vec<Row> = rows
+            .iter()
+            .map(|r| (r.state, r.age_s, r.exact, r.port, r.direction, r.pid))
+            .collect();
         assert_eq!(
             summary,
             [
-                (TcpState::CloseWait, Some(41.5), true, 8080, Direction::In, Some(31)),
-                (TcpState::TimeWait, Some(15.0), true, 5432, Direction::Out, None),
+                (
+                    TcpState::CloseWait,
+                    Some(41.5),
+                    true,
+                    8080,
+                    Direction::In,
+                    Some(31)
+                ),
+                (
+                    TcpState::TimeWait,
+                    Some(15.0),
+                    true,
+                    5432,
+                    Direction::Out,
+                    None
+                ),
                 (TcpState::Listen, None, false, 8080, Direction::In, None),
-                (TcpState::CloseWait, None, false, 8080, Direction::In, Some(31)),
+                (
+                    TcpState::CloseWait,
+                    None,
+                    false,
+                    8080,
+                    Direction::In,
+                    Some(31)
+                ),
             ]
         );
         let line = text_line(&rows[0]);
@@ -349,15 +444,33 @@ mod tests {
 
     #[test]
     fn filters_by_port_state_and_known_age() {
-        let mut rows = join(&census(), &HashMap::new(), &HashMap::new(), &(32768..=60999));
+        let mut rows = join(
+            &census(),
+            &HashMap::new(),
+            &HashMap::new(),
+            &(32768..=60999),
+        );
         sort(&mut rows);
-        let f = SocketFilter { states: vec![TcpState::CloseWait], ..SocketFilter::default() };
+        let f = SocketFilter {
+            states: vec![TcpState::CloseWait],
+            ..SocketFilter::default()
+        };
         assert_eq!(rows.iter().filter(|r| f.matches(r)).count(), 2);
-        let f = SocketFilter { ports: vec![5432], ..SocketFilter::default() };
+        let f = SocketFilter {
+            ports: vec![5432],
+            ..SocketFilter::default()
+        };
         assert_eq!(rows.iter().filter(|r| f.matches(r)).count(), 1);
         // Unknown ages never pass --older-than; the TIME_WAIT age is known from its timer.
-        let f = SocketFilter { older_than_s: Some(10.0), ..SocketFilter::default() };
-        let old: Vec<TcpState> = rows.iter().filter(|r| f.matches(r)).map(|r| r.state).collect();
+        let f = SocketFilter {
+            older_than_s: Some(10.0),
+            ..SocketFilter::default()
+        };
+        let old: Vec<TcpState> = rows
+            .iter()
+            .filter(|r| f.matches(r))
+            .map(|r| r.state)
+            .collect();
         assert_eq!(old, [TcpState::TimeWait]);
         assert!(!text_line(&rows[2]).contains('≥'));
     }

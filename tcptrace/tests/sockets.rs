@@ -32,7 +32,10 @@ fn sockets(args: &[&str]) -> Vec<Value> {
 
 #[test]
 #[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
-#[expect(clippy::too_many_lines, reason = "one scenario: a daemon, held sockets, five queries")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: a daemon, held sockets, five queries"
+)]
 fn sockets_names_the_owner_and_exact_age_of_close_wait_sockets() {
     let ns = Netns::new("sockets");
     let inode = ns.inode.to_string();

@@ -313,7 +313,15 @@ fn test(filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         // A short run of the benchmark keeps it working; its figures are
         // printed, never asserted.
-        cargo(&["run", "--quiet", "--package", "xtask", "--", "bench", "--quick"])?;
+        cargo(&[
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "bench",
+            "--quick",
+        ])?;
     }
     Ok(())
 }

@@ -52,10 +52,12 @@ impl TerminalGuard {
         ACTIVE.store(true, Ordering::SeqCst);
         let entered = enable_raw_mode()
             .and_then(|()| execute!(io::stdout(), EnterAlternateScreen, cursor::Hide))
-            .and_then(|()| ratatui::Terminal::new(CrosstermBackend::new(BufWriter::with_capacity(
-                1 << 16,
-                io::stdout(),
-            ))));
+            .and_then(|()| {
+                ratatui::Terminal::new(CrosstermBackend::new(BufWriter::with_capacity(
+                    1 << 16,
+                    io::stdout(),
+                )))
+            });
         match entered {
             Ok(terminal) => Ok(Self { terminal }),
             Err(e) => {
