@@ -77,14 +77,7 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
     let (publish, latest) = watch::channel(Arc::new(Snapshot::default()));
     let (sockets_tx, mut sockets_rx) =
         tokio::sync::mpsc::channel::<crate::metrics::SocketsRequest>(4);
-    let stop_http = Arc::new(Notify::new());
-    let http = {
-        let stop = stop_http.clone();
-        tokio::spawn(async move {
-            let shutdown = async move { stop.notified().await };
-            crate::metrics::serve_with_sockets(listener, latest, sockets_tx, shutdown).await
-        })
-    };
+    let (http, stop_http) = spawn_http(listener, latest, sockets_tx);
     let mut census_rx = spawn_census(census_only, cfg.census_interval);
     let mut reports = tokio::time::interval(cfg.interval);
     reports.tick().await;
@@ -131,6 +124,21 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
     drop(session);
     log::info!("programs detached");
     Ok(())
+}
+
+/// Serves /metrics, /healthz and /sockets until the returned `Notify` fires.
+fn spawn_http(
+    listener: tokio::net::TcpListener,
+    latest: watch::Receiver<Arc<Snapshot>>,
+    sockets: tokio::sync::mpsc::Sender<crate::metrics::SocketsRequest>,
+) -> (tokio::task::JoinHandle<Result<()>>, Arc<Notify>) {
+    let stop_http = Arc::new(Notify::new());
+    let stop = stop_http.clone();
+    let http = tokio::spawn(async move {
+        let shutdown = async move { stop.notified().await };
+        crate::metrics::serve_with_sockets(listener, latest, sockets, shutdown).await
+    });
+    (http, stop_http)
 }
 
 /// With `--user`: switches user and gives up every capability. Returns the
