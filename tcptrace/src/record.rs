@@ -828,10 +828,17 @@ pub fn replay_report<R: Read>(reader: &mut RecordingReader<R>) -> Report {
     let now = last_ts.unwrap_or(header.started_ns);
     let end = reader.last_flush_ns().unwrap_or(now).max(now);
     let clock = header.clock();
-    let snapshot = agg.snapshot(&tracker, now, clock.wall_ms(now), &header.reset_reasons());
+    let mut snapshot = agg.snapshot(&tracker, now, clock.wall_ms(now), &header.reset_reasons());
+    let interval_s = end.saturating_sub(header.started_ns) as f64 / 1e9;
+    // The findings of the recording host's own port range, over the span.
+    let findings_cfg = crate::findings::FindingsConfig {
+        ephemeral: header.aggregator_config().ephemeral,
+        ..crate::findings::FindingsConfig::default()
+    };
+    snapshot.findings = crate::findings::evaluate(&snapshot, interval_s, &findings_cfg);
     Report {
         report: "recording".to_string(),
-        interval_s: end.saturating_sub(header.started_ns) as f64 / 1e9,
+        interval_s,
         snapshot,
     }
 }
