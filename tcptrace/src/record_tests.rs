@@ -487,8 +487,15 @@ fn replay_reports_what_the_live_pipeline_saw() {
     }
     let last = evs.iter().map(|e| e.ts_ns).max().unwrap();
     agg.set_lost(evs.len() as u64 / 6);
-    let live = agg.snapshot(&tracker, last, h.clock().wall_ms(last), &h.reset_reasons());
+    let mut live = agg.snapshot(&tracker, last, h.clock().wall_ms(last), &h.reset_reasons());
+    let findings_cfg = crate::findings::FindingsConfig {
+        ephemeral: h.aggregator_config().ephemeral,
+        ..crate::findings::FindingsConfig::default()
+    };
+    live.findings = crate::findings::evaluate(&live, report.interval_s, &findings_cfg);
     assert_eq!(report.snapshot, live);
+    // The recording's losses are part of its findings too.
+    assert_eq!(report.snapshot.findings[0].rule.name(), "lost_events");
     assert_eq!(report.report, "recording");
     assert!((report.interval_s - (99e9 - 1_000.0) / 1e9).abs() < 1e-9);
 
