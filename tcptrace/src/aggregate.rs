@@ -534,21 +534,7 @@ fn note_now(st: &mut StateSnapshot, count: u64, age_s: f64, exact: bool) {
 }
 
 fn empty_row(key: PortKey) -> PortSnapshot {
-    PortSnapshot {
-        port: key.port,
-        direction: key.direction,
-        listening: false,
-        accept_queue: None,
-        transitions: 0,
-        states: BTreeMap::new(),
-        synack_retrans: 0,
-        handshakes: Handshakes::default(),
-        resets_sent: Vec::new(),
-        resets_received: BTreeMap::new(),
-        resets_received_long_established: 0,
-        retransmits: 0,
-        oldest: Vec::new(),
-    }
+    PortSnapshot::empty(key.port, key.direction)
 }
 
 fn port_snapshot(key: PortKey, s: &PortStats, reasons: &ResetReasons) -> PortSnapshot {

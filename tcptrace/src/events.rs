@@ -13,8 +13,6 @@ use crate::clock::Clock;
 use crate::event::{self, Kind};
 use crate::filter::Filter;
 use crate::format;
-use crate::loader::{Tracer, TracerConfig};
-use crate::reader::Reader;
 use crate::reasons::ResetReasons;
 use crate::record::RecordingReader;
 use crate::session::MAX_TRACKED_SOCKETS;
@@ -68,20 +66,15 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     if let Some(path) = &args.from {
         return replay(path, filter, args.json);
     }
-    let mut tracer = Tracer::load(&TracerConfig {
-        netns: args.netns,
-        ports: args.ports.clone(),
-        ..args.trace.tracer_config()
-    })?;
+    let crate::session::Tracing {
+        tracer,
+        reasons,
+        clock,
+        mut reader,
+    } = crate::session::Tracing::start(&args.trace, args.netns, &args.ports)?;
     for w in &tracer.warnings {
         eprintln!("tcptrace: warning: {w}");
     }
-    let reasons = ResetReasons::from_btf_file(&args.trace.btf).unwrap_or_else(|e| {
-        eprintln!("tcptrace: warning: reset reasons will print as numbers: {e:#}");
-        ResetReasons::default()
-    });
-    let clock = Clock::now();
-    let mut reader = Reader::new(tracer.take_rings(), args.trace.poll_interval)?;
     let mut shutdown = Shutdown::install()?;
     let hooks: Vec<String> = tracer
         .attached

@@ -1,28 +1,12 @@
 //! Every rule with synthetic snapshots: ones that trigger it, and ones just
 //! below its thresholds that must not.
 
-use std::collections::BTreeMap;
-
 use super::*;
 use crate::snapshot::{AcceptQueue, Dwell, EventCounts, Handshakes, ResetCount, StuckSocket};
 use crate::tcp::TcpState::SynRecv;
 
 fn row(port: u16, direction: Direction) -> PortSnapshot {
-    PortSnapshot {
-        port: Some(port),
-        direction,
-        listening: false,
-        accept_queue: None,
-        transitions: 0,
-        states: BTreeMap::new(),
-        synack_retrans: 0,
-        handshakes: Handshakes::default(),
-        resets_sent: Vec::new(),
-        resets_received: BTreeMap::new(),
-        resets_received_long_established: 0,
-        retransmits: 0,
-        oldest: Vec::new(),
-    }
+    PortSnapshot::empty(Some(port), direction)
 }
 
 fn snap(ports: Vec<PortSnapshot>) -> Snapshot {

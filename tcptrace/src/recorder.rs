@@ -11,9 +11,6 @@ use anyhow::{Context, Result};
 
 use crate::cli::{RecordArgs, ReportArgs};
 use crate::clock::Clock;
-use crate::loader::{Tracer, TracerConfig};
-use crate::reader::Reader;
-use crate::reasons::ResetReasons;
 use crate::record::{Header, RecordingReader, RecordingWriter, raw_matches, replay_report};
 use crate::report::{self, Format};
 use crate::signals::Shutdown;
@@ -26,20 +23,15 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub async fn record(args: RecordArgs) -> Result<()> {
     // Filtered in the kernel where it can (and again below, for more ports
     // than the kernel filter holds).
-    let mut tracer = Tracer::load(&TracerConfig {
-        netns: args.netns,
-        ports: args.ports.clone(),
-        ..args.trace.tracer_config()
-    })?;
+    let crate::session::Tracing {
+        tracer,
+        reasons,
+        clock,
+        mut reader,
+    } = crate::session::Tracing::start(&args.trace, args.netns, &args.ports)?;
     for w in &tracer.warnings {
         eprintln!("tcptrace: warning: {w}");
     }
-    let reasons = ResetReasons::from_btf_file(&args.trace.btf).unwrap_or_else(|e| {
-        eprintln!("tcptrace: warning: reset reasons will print as numbers: {e:#}");
-        ResetReasons::default()
-    });
-    let clock = Clock::now();
-    let mut reader = Reader::new(tracer.take_rings(), args.trace.poll_interval)?;
     let mut shutdown = Shutdown::install()?;
     let path = &args.output;
     let file = File::create(path).with_context(|| format!("create {}", path.display()))?;

@@ -22,6 +22,39 @@ use crate::track::{Origin, Tracker};
 /// Live sockets followed at most; beyond, new sockets are counted untracked.
 pub const MAX_TRACKED_SOCKETS: usize = 1 << 20;
 
+/// What every tracing command starts with: the loaded and attached programs,
+/// the kernel's reset-reason names, the clock, and the ring reader.
+pub struct Tracing {
+    pub tracer: Tracer,
+    pub reasons: ResetReasons,
+    pub clock: Clock,
+    pub reader: Reader,
+}
+
+impl Tracing {
+    /// Loads the programs, filtering `netns` and `ports` in the kernel.
+    /// Warnings about missing hooks are the caller's to print
+    /// (`tracer.warnings`).
+    pub fn start(trace: &TraceArgs, netns: Option<u32>, ports: &[u16]) -> Result<Self> {
+        let mut tracer = Tracer::load(&TracerConfig {
+            netns,
+            ports: ports.to_vec(),
+            ..trace.tracer_config()
+        })?;
+        let reasons = ResetReasons::from_btf_file(&trace.btf).unwrap_or_else(|e| {
+            log::warn!("reset reasons will print as numbers: {e:#}");
+            ResetReasons::default()
+        });
+        let reader = Reader::new(tracer.take_rings(), trace.poll_interval)?;
+        Ok(Self {
+            tracer,
+            reasons,
+            clock: Clock::now(),
+            reader,
+        })
+    }
+}
+
 struct Interval {
     agg: Aggregator,
     started_ns: u64,
@@ -52,16 +85,12 @@ impl Session {
     /// `ports`: filtered in the kernel (either side), as the aggregator's
     /// namespace is.
     pub fn start(trace: &TraceArgs, cfg: AggregatorConfig, ports: &[u16]) -> Result<Self> {
-        let mut tracer = Tracer::load(&TracerConfig {
-            netns: cfg.netns,
-            ports: ports.to_vec(),
-            ..trace.tracer_config()
-        })?;
-        let reasons = ResetReasons::from_btf_file(&trace.btf).unwrap_or_else(|e| {
-            log::warn!("reset reasons will print as numbers: {e:#}");
-            ResetReasons::default()
-        });
-        let reader = Reader::new(tracer.take_rings(), trace.poll_interval)?;
+        let Tracing {
+            tracer,
+            reasons,
+            clock,
+            reader,
+        } = Tracing::start(trace, cfg.netns, ports)?;
         let cookies = tracer
             .attached
             .iter()
@@ -76,7 +105,7 @@ impl Session {
             tracker: Tracker::new(MAX_TRACKED_SOCKETS),
             agg: Aggregator::new(cfg, Clock::monotonic_now_ns()),
             reasons,
-            clock: Clock::now(),
+            clock,
             interval: None,
             cookies,
             flight: None,

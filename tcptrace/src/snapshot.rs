@@ -184,6 +184,25 @@ impl Snapshot {
 }
 
 impl PortSnapshot {
+    /// A row with nothing counted yet.
+    pub fn empty(port: Option<u16>, direction: Direction) -> Self {
+        Self {
+            port,
+            direction,
+            listening: false,
+            accept_queue: None,
+            transitions: 0,
+            states: BTreeMap::new(),
+            synack_retrans: 0,
+            handshakes: Handshakes::default(),
+            resets_sent: Vec::new(),
+            resets_received: BTreeMap::new(),
+            resets_received_long_established: 0,
+            retransmits: 0,
+            oldest: Vec::new(),
+        }
+    }
+
     /// Sockets in `state` now.
     pub fn now(&self, state: TcpState) -> u64 {
         self.states.get(&state).map_or(0, |s| s.now)

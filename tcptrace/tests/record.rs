@@ -12,31 +12,13 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
-use common::{Netns, Trace, connect_accept, listen, wait_until};
+use common::{Netns, TempDir, Trace, connect_accept, listen, wait_until};
 use serde_json::{Value, json};
 use tcptrace::clock::Clock;
 use tcptrace::event::{Detail, Event, encode};
 use tcptrace::reasons::ResetReasons;
 use tcptrace::record::{Header, RecordingWriter};
 use tcptrace::tcp::{Family, TcpState};
-
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tcptrace-rec-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs tcptrace to completion: exit code, stdout, stderr.
 fn tcptrace(args: &[&str]) -> (Option<i32>, String, String) {

@@ -7,21 +7,7 @@ use crate::snapshot::{AcceptQueue, Bucket, EventCounts, Handshakes, ResetCount, 
 use crate::tcp::TcpState;
 
 fn row(port: Option<u16>, direction: Direction) -> PortSnapshot {
-    PortSnapshot {
-        port,
-        direction,
-        listening: false,
-        accept_queue: None,
-        transitions: 0,
-        states: BTreeMap::new(),
-        synack_retrans: 0,
-        handshakes: Handshakes::default(),
-        resets_sent: Vec::new(),
-        resets_received: BTreeMap::new(),
-        resets_received_long_established: 0,
-        retransmits: 0,
-        oldest: Vec::new(),
-    }
+    PortSnapshot::empty(port, direction)
 }
 
 fn dwell(count: u64, mean_us: f64, buckets: &[(u64, u64)]) -> Dwell {

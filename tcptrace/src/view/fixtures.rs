@@ -10,21 +10,7 @@ use crate::snapshot::{
 use crate::tcp::TcpState;
 
 fn port(port: Option<u16>, direction: Direction) -> PortSnapshot {
-    PortSnapshot {
-        port,
-        direction,
-        listening: false,
-        accept_queue: None,
-        transitions: 0,
-        states: BTreeMap::new(),
-        synack_retrans: 0,
-        handshakes: Handshakes::default(),
-        resets_sent: Vec::new(),
-        resets_received: BTreeMap::new(),
-        resets_received_long_established: 0,
-        retransmits: 0,
-        oldest: Vec::new(),
-    }
+    PortSnapshot::empty(port, direction)
 }
 
 fn now(n: u64) -> StateSnapshot {
