@@ -162,7 +162,7 @@ impl Session {
         }
         self.agg.set_lost(lost);
         if let Some(i) = &mut self.interval {
-            i.agg.set_lost(lost - i.lost_at_start);
+            i.agg.set_lost(lost.saturating_sub(i.lost_at_start));
         }
         Ok(n)
     }
