@@ -49,9 +49,6 @@ pub async fn run(args: DaemonArgs, log_level: Option<log::LevelFilter>) -> Resul
     };
     let mut session = Session::start(&cfg.trace, agg_cfg, &cfg.ports)?;
     session.set_findings(&cfg.findings);
-    for w in &session.tracer.warnings {
-        log::warn!("{w}");
-    }
     session.start_intervals();
     session.flight = crate::flight::FlightRecorder::from_daemon(&flight_args, &cfg);
     let (started, first) = take_census(cfg.netns).await;

@@ -72,16 +72,8 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         clock,
         mut reader,
     } = crate::session::Tracing::start(&args.trace, args.netns, &args.ports)?;
-    for w in &tracer.warnings {
-        eprintln!("tcptrace: warning: {w}");
-    }
     let mut shutdown = Shutdown::install()?;
-    let hooks: Vec<String> = tracer
-        .attached
-        .iter()
-        .map(|(n, how)| format!("{how}/{n}"))
-        .collect();
-    eprintln!("tcptrace: tracing {}; Ctrl-C to stop", hooks.join(", "));
+    eprintln!("tcptrace: tracing {}; Ctrl-C to stop", tracer.describe());
 
     let stdout = io::stdout();
     let out = BufWriter::with_capacity(1 << 16, stdout.lock());

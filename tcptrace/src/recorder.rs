@@ -29,9 +29,6 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         clock,
         mut reader,
     } = crate::session::Tracing::start(&args.trace, args.netns, &args.ports)?;
-    for w in &tracer.warnings {
-        eprintln!("tcptrace: warning: {w}");
-    }
     let mut shutdown = Shutdown::install()?;
     let path = &args.output;
     let file = File::create(path).with_context(|| format!("create {}", path.display()))?;

@@ -32,15 +32,17 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Loads the programs, filtering `netns` and `ports` in the kernel.
-    /// Warnings about missing hooks are the caller's to print
-    /// (`tracer.warnings`).
+    /// Loads the programs, filtering `netns` and `ports` in the kernel, and
+    /// logs a warning for each feature lost to a missing hook.
     pub fn start(trace: &TraceArgs, netns: Option<u32>, ports: &[u16]) -> Result<Self> {
         let mut tracer = Tracer::load(&TracerConfig {
             netns,
             ports: ports.to_vec(),
             ..trace.tracer_config()
         })?;
+        for w in &tracer.warnings {
+            log::warn!("{w}");
+        }
         let reasons = ResetReasons::from_btf_file(&trace.btf).unwrap_or_else(|e| {
             log::warn!("reset reasons will print as numbers: {e:#}");
             ResetReasons::default()

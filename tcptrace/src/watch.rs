@@ -32,9 +32,6 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     };
     let mut session = Session::start(&args.trace, cfg, &args.ports)?;
     session.set_findings(&crate::findings::FindingsConfig::default());
-    for w in &session.tracer.warnings {
-        eprintln!("tcptrace: warning: {w}");
-    }
     // Sockets that predate tracing: counted, with "at least" ages.
     let (started, first) = take_census(args.netns).await;
     match first {

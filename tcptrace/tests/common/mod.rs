@@ -181,23 +181,12 @@ impl Trace {
     }
 
     /// Sends SIGINT, waits for exit, and returns stdout.
-    pub fn stop(mut self) -> (String, Vec<String>) {
+    pub fn stop(self) -> (String, Vec<String>) {
         // Let the last records reach the ring and one poll drain them.
         thread::sleep(Duration::from_millis(100));
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGINT) };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        let mut lines = std::mem::take(&mut self.stderr_lines);
-        lines.extend(self.stderr.iter());
-        assert!(status.success(), "tcptrace exited with {status}: {lines:?}");
-        (out, lines)
+        self.finish()
     }
 
     /// Waits for tcptrace to exit by itself (e.g. `watch --once`) and returns stdout.
