@@ -62,7 +62,7 @@ impl Rng {
 fn task(pid: u32, comm: &str) -> Task {
     Task {
         pid,
-        comm: comm.to_string(),
+        comm: comm.into(),
         cgroup_id: 4242,
     }
 }

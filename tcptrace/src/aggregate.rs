@@ -4,7 +4,7 @@
 //! handshakes, resets by cause, and joins the live tracker and the sock_diag
 //! census into "what is in each state now, and since when".
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use hdrhistogram::Histogram;
@@ -165,7 +165,7 @@ impl PortStats {
 /// A handshake the listener is still retransmitting SYN-ACKs for.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
-    key: PortKey,
+    row: usize,
     last_ts_ns: u64,
     since_first_us: u64,
     retrans: u32,
@@ -189,11 +189,18 @@ pub struct CensusView {
 
 pub struct Aggregator {
     cfg: AggregatorConfig,
-    /// On the per-event path; the keys are few and not attacker-chosen in
-    /// number (capped by max_ports), so FxHash rather than SipHash.
-    ports: FxHashMap<PortKey, PortStats>,
-    folded: HashSet<PortKey>,
-    folded_overflow: u64,
+    /// The rows, in order of first use: at most `max_ports` named ones, plus
+    /// an "other" row per direction once the cap is reached.
+    rows: Vec<(PortKey, PortStats)>,
+    /// Index into `rows` of each (port, direction), at [`row_slot`]; NO_ROW
+    /// if none yet. Ports are 16-bit, so a direct table (512 KiB, touched only
+    /// where ports are used) replaces two hash lookups per event.
+    row_of: Box<[u32]>,
+    named_rows: usize,
+    /// The "other" row of each direction, once created.
+    other_rows: [Option<usize>; 2],
+    /// Distinct (port, direction) folded into "other".
+    folded: u64,
     pending: FxHashMap<(u32, SocketAddr, SocketAddr), Pending>,
     /// Requests not followed because `pending` was full.
     pub pending_overflow: u64,
@@ -204,16 +211,21 @@ pub struct Aggregator {
     census: CensusView,
 }
 
-/// Distinct folded keys remembered for counting (beyond, still counted).
-const MAX_FOLDED_REMEMBERED: usize = 1 << 16;
+const NO_ROW: u32 = u32::MAX;
+
+fn row_slot(port: u16, direction: Direction) -> usize {
+    usize::from(port) << 1 | direction as usize
+}
 
 impl Aggregator {
     pub fn new(cfg: AggregatorConfig, start_ns: u64) -> Self {
         Self {
             cfg,
-            ports: FxHashMap::default(),
-            folded: HashSet::new(),
-            folded_overflow: 0,
+            rows: Vec::new(),
+            row_of: vec![NO_ROW; 2 << 16].into_boxed_slice(),
+            named_rows: 0,
+            other_rows: [None; 2],
+            folded: 0,
             pending: FxHashMap::default(),
             pending_overflow: 0,
             counts: EventCounts::default(),
@@ -258,35 +270,53 @@ impl Aggregator {
         self.counts.undecodable
     }
 
-    fn key(&mut self, port: u16, direction: Direction) -> PortKey {
-        let key = PortKey {
-            port: Some(port),
-            direction,
+    /// The row of (port, direction), created on first use; past `max_ports`
+    /// named rows, the direction's "other" row.
+    fn row(&mut self, port: u16, direction: Direction) -> usize {
+        let slot = row_slot(port, direction);
+        if let Some(&i) = self.row_of.get(slot).filter(|&&i| i != NO_ROW) {
+            return i as usize;
+        }
+        let i = if self.named_rows < self.cfg.max_ports {
+            self.named_rows += 1;
+            self.push_row(Some(port), direction)
+        } else {
+            // The slot remembers its fold, so each key is counted once.
+            self.folded += 1;
+            if let Some(i) = self.other_rows[direction as usize] {
+                i
+            } else {
+                let i = self.push_row(None, direction);
+                self.other_rows[direction as usize] = Some(i);
+                i
+            }
         };
-        if self.ports.contains_key(&key) || self.ports.len() < self.cfg.max_ports {
-            return key;
-        }
-        if self.folded.len() < MAX_FOLDED_REMEMBERED {
-            self.folded.insert(key);
-        } else if !self.folded.contains(&key) {
-            self.folded_overflow += 1;
-        }
-        PortKey {
-            port: None,
-            direction,
-        }
+        self.row_of[slot] = i as u32;
+        i
     }
 
-    /// The row of a socket-bearing event.
-    fn key_of(&mut self, ev: &Event, note: &Note, tracker: &Tracker) -> PortKey {
-        let listens = tracker.is_listener(ev.netns, ev.local.port());
+    fn push_row(&mut self, port: Option<u16>, direction: Direction) -> usize {
+        self.rows
+            .push((PortKey { port, direction }, PortStats::default()));
+        self.rows.len() - 1
+    }
+
+    fn key(&mut self, port: u16, direction: Direction) -> PortKey {
+        let i = self.row(port, direction);
+        self.rows[i].0
+    }
+
+    /// The row of a socket-bearing event. Whether the local port listens
+    /// matters only for sockets of unknown origin: looked up only for them.
+    fn row_of_event(&mut self, ev: &Event, note: &Note, tracker: &Tracker) -> usize {
         let origin = note.origin.unwrap_or(Origin::Unknown);
+        let listens = origin == Origin::Unknown && tracker.is_listener(ev.netns, ev.local.port());
         let (port, dir) = attribute(origin, &ev.local, &ev.remote, listens, &self.cfg.ephemeral);
-        self.key(port, dir)
+        self.row(port, dir)
     }
 
-    fn stats(&mut self, key: PortKey) -> &mut PortStats {
-        self.ports.entry(key).or_default()
+    fn stats(&mut self, row: usize) -> &mut PortStats {
+        &mut self.rows[row].1
     }
 
     /// Folds one event, with what the tracker noted about it (the tracker must
@@ -302,10 +332,10 @@ impl Aggregator {
             Detail::State {
                 old, new, srtt_us, ..
             } => {
-                let key = self.key_of(ev, note, tracker);
+                let row = self.row_of_event(ev, note, tracker);
                 let handshake = (old == TcpState::SynRecv && new == TcpState::Established)
                     .then(|| self.handshake_time_us(ev, srtt_us));
-                let stats = self.stats(key);
+                let stats = self.stats(row);
                 stats.transitions += 1;
                 let from = stats.state(old);
                 from.exits[slot(new)] += 1;
@@ -326,10 +356,10 @@ impl Aggregator {
                 retrans,
                 since_first_us,
             } => {
-                let key = self.key(ev.local.port(), Direction::In);
-                self.stats(key).synack_retrans += 1;
+                let row = self.row(ev.local.port(), Direction::In);
+                self.stats(row).synack_retrans += 1;
                 let pending = Pending {
-                    key,
+                    row,
                     last_ts_ns: ev.ts_ns,
                     since_first_us,
                     retrans,
@@ -342,15 +372,15 @@ impl Aggregator {
                 }
             }
             Detail::Retrans { .. } => {
-                let key = self.key_of(ev, note, tracker);
-                self.stats(key).retransmits += 1;
+                let row = self.row_of_event(ev, note, tracker);
+                self.stats(row).retransmits += 1;
             }
             Detail::SendReset { state, reason } => {
                 // No socket: a packet hit a local port nobody listens on.
-                let key = if state.is_none() {
-                    self.key(ev.local.port(), Direction::In)
+                let row = if state.is_none() {
+                    self.row(ev.local.port(), Direction::In)
                 } else {
-                    self.key_of(ev, note, tracker)
+                    self.row_of_event(ev, note, tracker)
                 };
                 let before = if state.is_none() {
                     None
@@ -358,13 +388,13 @@ impl Aggregator {
                     note.state_before
                 };
                 *self
-                    .stats(key)
+                    .stats(row)
                     .resets_sent
                     .entry((reason, before))
                     .or_default() += 1;
             }
             Detail::RecvReset { state } => {
-                let key = self.key_of(ev, note, tracker);
+                let row = self.row_of_event(ev, note, tracker);
                 // The reset is traced before the socket's move to CLOSE, so
                 // the tracker still has it in the state the reset hit. Its
                 // time in ESTABLISHED is a proxy for idle time (tracepoints
@@ -375,7 +405,7 @@ impl Aggregator {
                         s.state == TcpState::Established
                             && s.age_ns(ev.ts_ns).0 >= self.cfg.long_established_ns
                     });
-                let stats = self.stats(key);
+                let stats = self.stats(row);
                 stats.resets_received[slot(state)] += 1;
                 if long {
                     stats.resets_received_long_established += 1;
@@ -390,7 +420,10 @@ impl Aggregator {
     /// tcp_synack_rtt_meas), while without retransmits the child's first RTT
     /// sample is exactly that interval.
     fn handshake_time_us(&mut self, ev: &Event, srtt_us: Option<u32>) -> Option<u64> {
-        if let Some(p) = self.pending.remove(&(ev.netns, ev.local, ev.remote)) {
+        // Usually nothing is pending: skip hashing two socket addresses.
+        if !self.pending.is_empty()
+            && let Some(p) = self.pending.remove(&(ev.netns, ev.local, ev.remote))
+        {
             return Some(
                 p.since_first_us
                     .saturating_add(ev.ts_ns.saturating_sub(p.last_ts_ns) / 1_000),
@@ -410,14 +443,14 @@ impl Aggregator {
         self.pending.retain(|_, p| {
             let idle = now_ns.saturating_sub(p.last_ts_ns);
             if p.retrans >= retries && idle > expiry_ns {
-                failed.push(p.key);
+                failed.push(p.row);
                 false
             } else {
                 idle <= PENDING_FORGET_NS
             }
         });
-        for key in failed {
-            self.stats(key).handshakes_failed += 1;
+        for row in failed {
+            self.stats(row).handshakes_failed += 1;
         }
     }
 
@@ -432,7 +465,7 @@ impl Aggregator {
     ) -> Snapshot {
         self.settle(now_ns);
         let mut rows: BTreeMap<PortKey, PortSnapshot> = BTreeMap::new();
-        for (key, stats) in &self.ports {
+        for (key, stats) in &self.rows {
             rows.insert(*key, port_snapshot(*key, stats, reasons));
         }
         let mut oldest: HashMap<PortKey, Vec<StuckSocket>> = HashMap::new();
@@ -471,7 +504,7 @@ impl Aggregator {
                     age_s,
                     exact,
                     pid: sock.owner.as_ref().map(|o| o.pid),
-                    comm: sock.owner.as_ref().map(|o| o.comm.clone()),
+                    comm: sock.owner.as_ref().map(|o| o.comm.to_string()),
                 });
             }
         }
@@ -507,7 +540,7 @@ impl Aggregator {
             .map(|k| (k.name().to_string(), self.by_kind[*k as usize]))
             .collect();
         counts.untracked = tracker.untracked;
-        counts.folded_ports = self.folded.len() as u64 + self.folded_overflow;
+        counts.folded_ports = self.folded;
         Snapshot {
             time,
             uptime_s: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,

@@ -13,11 +13,62 @@ use thiserror::Error;
 use crate::tcp::{Family, TcpState};
 
 /// The process that owned a socket, captured in process context (connect/listen).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// `Copy`: every tracked socket and every event's note carries its owner, so
+/// it must cost no allocation and no reference count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Task {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup_id: u64,
+}
+
+/// A command name as the kernel keeps it: `TASK_COMM_LEN` (16) bytes,
+/// NUL-padded, not necessarily UTF-8 (include/linux/sched.h).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    pub fn from_kernel(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// The name up to its NUL, invalid UTF-8 replaced.
+    pub fn to_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end])
+    }
+}
+
+/// At most 15 bytes, as the kernel truncates (the 16th is the NUL).
+impl From<&str> for Comm {
+    fn from(name: &str) -> Self {
+        let mut bytes = [0; 16];
+        let n = name.len().min(15);
+        bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Self(bytes)
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.to_str())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_str())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_str())
+    }
 }
 
 /// What happened, with what that kind of event carries.
@@ -158,7 +209,7 @@ pub fn decode_raw(raw: &abi::RawEvent) -> Result<Event, DecodeError> {
     };
     let task = (raw.flags & abi::F_TASK != 0).then(|| Task {
         pid: raw.pid,
-        comm: comm_string(&raw.comm),
+        comm: Comm::from_kernel(raw.comm),
         cgroup_id: raw.cgroup_id,
     });
     Ok(Event {
@@ -179,11 +230,6 @@ fn ip(family: Family, bytes: &[u8; 16]) -> IpAddr {
         Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
         Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(*bytes)),
     }
-}
-
-fn comm_string(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// Builds the record the kernel would write for `event` (tests, recordings).
@@ -209,8 +255,7 @@ pub fn encode(event: &Event) -> abi::RawEvent {
         raw.flags |= abi::F_TASK;
         raw.pid = task.pid;
         raw.cgroup_id = task.cgroup_id;
-        let n = task.comm.len().min(15);
-        raw.comm[..n].copy_from_slice(&task.comm.as_bytes()[..n]);
+        raw.comm = *task.comm.bytes();
     }
     match event.detail {
         Detail::State {
@@ -400,8 +445,17 @@ mod tests {
 
     #[test]
     fn comm_stops_at_nul_and_tolerates_bad_utf8() {
-        assert_eq!(comm_string(b"nginx\0garbage\0\0\0"), "nginx");
-        assert_eq!(comm_string(b"0123456789abcdef"), "0123456789abcdef");
-        assert_eq!(comm_string(b"a\xffb\0............"), "a\u{fffd}b");
+        assert_eq!(
+            Comm::from_kernel(*b"nginx\0garbage\0\0\0").to_str(),
+            "nginx"
+        );
+        assert_eq!(
+            Comm::from_kernel(*b"0123456789abcdef").to_str(),
+            "0123456789abcdef"
+        );
+        assert_eq!(
+            Comm::from_kernel(*b"a\xffb\0............").to_str(),
+            "a\u{fffd}b"
+        );
     }
 }

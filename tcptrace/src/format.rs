@@ -24,9 +24,9 @@ pub fn text_line(ev: &Event, note: &Note, clock: Clock, reasons: &ResetReasons) 
     let wall = clock
         .wall(ev.ts_ns)
         .to_zoned_datetime(jiff::tz::TimeZone::system());
-    let (pid, comm) = match ev.task.as_ref().or(note.owner.as_deref()) {
-        Some(t) => (t.pid.to_string(), t.comm.as_str()),
-        None => ("-".to_string(), "-"),
+    let (pid, comm) = match ev.task.as_ref().or(note.owner.as_ref()) {
+        Some(t) => (t.pid.to_string(), t.comm.to_str()),
+        None => ("-".to_string(), "-".into()),
     };
     let mut line = format!(
         "{} {pid:<7} {comm:<15} {:<22} {:<22} ",
@@ -141,7 +141,7 @@ pub struct EventJson {
 }
 
 pub fn json(ev: &Event, note: &Note, clock: Clock, reasons: &ResetReasons) -> EventJson {
-    let owner = ev.task.as_ref().or(note.owner.as_deref());
+    let owner = ev.task.as_ref().or(note.owner.as_ref());
     let mut j = EventJson {
         time: clock.wall(ev.ts_ns).to_string(),
         ts_ns: ev.ts_ns,
@@ -152,7 +152,7 @@ pub fn json(ev: &Event, note: &Note, clock: Clock, reasons: &ResetReasons) -> Ev
         local: ev.local.to_string(),
         remote: ev.remote.to_string(),
         pid: owner.map(|t| t.pid),
-        comm: owner.map(|t| t.comm.clone()),
+        comm: owner.map(|t| t.comm.to_string()),
         cgroup_id: owner.map(|t| t.cgroup_id),
         origin: note.origin,
         old: None,
@@ -211,7 +211,6 @@ pub fn json_line(ev: &Event, note: &Note, clock: Clock, reasons: &ResetReasons) 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::event::Task;
@@ -253,11 +252,11 @@ mod tests {
             srtt_us: None,
             total_retrans: None,
         });
-        let owner = Arc::new(Task {
+        let owner = Task {
             pid: 31,
             comm: "server".into(),
             cgroup_id: 4,
-        });
+        };
         let note = Note {
             dwell_ns: Some(300_250_000),
             owner: Some(owner),

@@ -41,7 +41,7 @@ pub fn known(tracker: &Tracker, now_ns: u64) -> Vec<Known> {
                 exact,
                 origin: s.origin,
                 pid: s.owner.as_ref().map(|o| o.pid),
-                comm: s.owner.as_ref().map(|o| o.comm.clone()),
+                comm: s.owner.as_ref().map(|o| o.comm.to_string()),
             }
         })
         .collect()

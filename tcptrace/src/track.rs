@@ -7,11 +7,10 @@
 //! CLOSE->SYN_SENT, CLOSE->LISTEN and LISTEN->SYN_RECV always begin a new life,
 //! and CLOSE ends one.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use crate::event::{Detail, Event, Task};
 use crate::tcp::TcpState;
@@ -36,7 +35,7 @@ pub struct Sock {
     /// When tracking first saw it: a lower bound of its age in `state` when
     /// `since_ns` is unknown.
     pub first_seen_ns: u64,
-    pub owner: Option<Arc<Task>>,
+    pub owner: Option<Task>,
     pub origin: Origin,
     pub netns: u32,
     pub local: SocketAddr,
@@ -64,7 +63,7 @@ pub struct Note {
     pub new_life: bool,
     /// The owning process, captured when the socket (or its listener) was
     /// created in process context.
-    pub owner: Option<Arc<Task>>,
+    pub owner: Option<Task>,
     /// Resets sent: the state the socket was in before the reset.
     pub state_before: Option<TcpState>,
     /// How the socket was opened (Unknown for events without a socket).
@@ -74,15 +73,28 @@ pub struct Note {
 /// How long after a socket's CLOSE a reset may still be matched to it: active
 /// resets are traced just after the CLOSE transition (net/ipv4/tcp.c: __tcp_close).
 const CLOSE_MATCH_NS: u64 = 1_000_000_000;
-/// Recently closed sockets remembered for that match.
-const RECENTLY_CLOSED: usize = 16_384;
+/// Slots for recently closed sockets (a power of two). A socket's slot is
+/// fixed by its id and a later close in the same slot takes it over: the reset
+/// follows its CLOSE within microseconds (the same call), long before 4,096
+/// other closes could land there, and a table costs one store per close where
+/// a map with an eviction queue cost three hash operations.
+const RECENTLY_CLOSED: usize = 4096;
 
 /// A socket that just reached CLOSE.
+#[derive(Clone, Copy)]
 struct Closed {
+    sock_id: u64,
     before: TcpState,
     at_ns: u64,
-    owner: Option<Arc<Task>>,
+    owner: Option<Task>,
     origin: Origin,
+}
+
+fn closed_slot(sock_id: u64) -> usize {
+    // Fibonacci hashing: cookies are sequential, addresses slab-aligned; the
+    // top bits of the product spread both.
+    (sock_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - RECENTLY_CLOSED.trailing_zeros()))
+        as usize
 }
 
 pub struct Tracker {
@@ -90,9 +102,8 @@ pub struct Tracker {
     /// (not SipHash's DoS resistance) is the right trade on the per-event path.
     socks: FxHashMap<u64, Sock>,
     /// (netns, local port) -> owner of the listener, inherited by accepted sockets.
-    listeners: FxHashMap<(u32, u16), Option<Arc<Task>>>,
-    closed: FxHashMap<u64, Closed>,
-    closed_order: VecDeque<u64>,
+    listeners: FxHashMap<(u32, u16), Option<Task>>,
+    closed: Box<[Option<Closed>]>,
     max_socks: usize,
     /// New sockets not tracked because `max_socks` was reached.
     pub untracked: u64,
@@ -103,8 +114,7 @@ impl Tracker {
         Self {
             socks: FxHashMap::default(),
             listeners: FxHashMap::default(),
-            closed: FxHashMap::default(),
-            closed_order: VecDeque::new(),
+            closed: vec![None; RECENTLY_CLOSED].into_boxed_slice(),
             max_socks,
             untracked: 0,
         }
@@ -181,13 +191,11 @@ impl Tracker {
                 state: Some(TcpState::Close),
                 ..
             } => {
-                match self
-                    .closed
-                    .get(&ev.sock_id)
-                    .filter(|c| ev.ts_ns.saturating_sub(c.at_ns) <= CLOSE_MATCH_NS)
-                {
+                match self.closed[closed_slot(ev.sock_id)].filter(|c| {
+                    c.sock_id == ev.sock_id && ev.ts_ns.saturating_sub(c.at_ns) <= CLOSE_MATCH_NS
+                }) {
                     Some(c) => Note {
-                        owner: c.owner.clone(),
+                        owner: c.owner,
                         origin: Some(c.origin),
                         state_before: Some(c.before),
                         ..Note::default()
@@ -198,7 +206,7 @@ impl Tracker {
             Detail::SendReset { state, .. } => {
                 let live = self.socks.get(&ev.sock_id).filter(|_| state.is_some());
                 Note {
-                    owner: live.and_then(|s| s.owner.clone()),
+                    owner: live.and_then(|s| s.owner),
                     origin: live.map(|s| s.origin),
                     state_before: state,
                     ..Note::default()
@@ -207,7 +215,7 @@ impl Tracker {
             Detail::SynackRetrans { .. } | Detail::Retrans { .. } | Detail::RecvReset { .. } => {
                 let live = self.socks.get(&ev.sock_id);
                 Note {
-                    owner: live.and_then(|s| s.owner.clone()),
+                    owner: live.and_then(|s| s.owner),
                     origin: live.map(|s| s.origin),
                     ..Note::default()
                 }
@@ -218,20 +226,49 @@ impl Tracker {
     fn transition(&mut self, ev: &Event, old: TcpState, new: TcpState) -> Note {
         use TcpState::{Close, Listen, SynRecv, SynSent};
         let new_life = matches!((old, new), (Close, SynSent | Listen) | (Listen, SynRecv));
+        let listener_owner = |t: &Self| {
+            t.listeners
+                .get(&(ev.netns, ev.local.port()))
+                .copied()
+                .flatten()
+        };
+        if new == Listen {
+            self.listeners.insert((ev.netns, ev.local.port()), ev.task);
+        } else if old == Listen && new == Close {
+            self.listeners.remove(&(ev.netns, ev.local.port()));
+        }
+        // The common case, a tracked socket moving on: updated in place.
+        if !new_life
+            && new != Close
+            && let Some(sock) = self.socks.get_mut(&ev.sock_id)
+        {
+            let dwell_ns = (sock.state == old)
+                .then_some(sock.since_ns)
+                .flatten()
+                .map(|since| ev.ts_ns.saturating_sub(since));
+            if ev.task.is_some() {
+                sock.owner = ev.task;
+            }
+            sock.state = new;
+            sock.since_ns = Some(ev.ts_ns);
+            return Note {
+                dwell_ns,
+                new_life,
+                owner: sock.owner,
+                state_before: None,
+                origin: Some(sock.origin),
+            };
+        }
         let prev = self.socks.remove(&ev.sock_id).filter(|_| !new_life);
         let dwell_ns = prev
             .as_ref()
             .filter(|p| p.state == old)
             .and_then(|p| p.since_ns)
             .map(|since| ev.ts_ns.saturating_sub(since));
-        let owner = match (&ev.task, old, new) {
-            (Some(task), _, _) => Some(Arc::new(task.clone())),
-            (None, Listen, SynRecv) => self
-                .listeners
-                .get(&(ev.netns, ev.local.port()))
-                .cloned()
-                .flatten(),
-            _ => prev.as_ref().and_then(|p| p.owner.clone()),
+        let owner = match (ev.task, old, new) {
+            (Some(task), _, _) => Some(task),
+            (None, Listen, SynRecv) => listener_owner(self),
+            _ => prev.as_ref().and_then(|p| p.owner),
         };
         let origin = match (old, new) {
             (Close, SynSent) => Origin::Active,
@@ -239,26 +276,20 @@ impl Tracker {
             (Close, Listen) => Origin::Unknown,
             _ => prev.as_ref().map_or(Origin::Unknown, |p| p.origin),
         };
-        if new == Listen {
-            self.listeners
-                .insert((ev.netns, ev.local.port()), owner.clone());
-        } else if old == Listen && new == Close {
-            self.listeners.remove(&(ev.netns, ev.local.port()));
-        }
         if new == Close {
-            let closed = Closed {
+            self.closed[closed_slot(ev.sock_id)] = Some(Closed {
+                sock_id: ev.sock_id,
                 before: old,
                 at_ns: ev.ts_ns,
-                owner: owner.clone(),
+                owner,
                 origin,
-            };
-            self.remember_closed(ev.sock_id, closed);
+            });
         } else if self.socks.len() < self.max_socks {
             let sock = Sock {
                 state: new,
                 since_ns: Some(ev.ts_ns),
                 first_seen_ns: prev.as_ref().map_or(ev.ts_ns, |p| p.first_seen_ns),
-                owner: owner.clone(),
+                owner,
                 origin,
                 netns: ev.netns,
                 local: ev.local,
@@ -274,17 +305,6 @@ impl Tracker {
             owner,
             state_before: None,
             origin: Some(origin),
-        }
-    }
-
-    fn remember_closed(&mut self, sock_id: u64, closed: Closed) {
-        if self.closed_order.len() == RECENTLY_CLOSED
-            && let Some(oldest) = self.closed_order.pop_front()
-        {
-            self.closed.remove(&oldest);
-        }
-        if self.closed.insert(sock_id, closed).is_none() {
-            self.closed_order.push_back(sock_id);
         }
     }
 }
@@ -344,7 +364,7 @@ mod tests {
         t.observe(&listen);
         assert!(t.is_listener(1, 8080));
         let note = t.observe(&state(10, 2, Listen, SynRecv));
-        assert_eq!(note.owner.as_deref().map(|o| o.pid), Some(99));
+        assert_eq!(note.owner.as_ref().map(|o| o.pid), Some(99));
         assert_eq!(note.origin, Some(Origin::Passive));
         let note = t.observe(&state(30, 2, SynRecv, Established));
         assert_eq!(
@@ -352,8 +372,8 @@ mod tests {
             (Some(20), Some(Origin::Passive))
         );
         assert_eq!(
-            note.owner.as_deref().map(|o| o.comm.as_str()),
-            Some("server")
+            note.owner.as_ref().map(|o| o.comm.to_string()),
+            Some("server".to_string())
         );
     }
 
@@ -388,7 +408,7 @@ mod tests {
         };
         let note = t.observe(&rst);
         assert_eq!(note.state_before, Some(Established));
-        assert_eq!(note.owner.as_deref().map(|o| o.pid), Some(7));
+        assert_eq!(note.owner.as_ref().map(|o| o.pid), Some(7));
         assert_eq!(note.origin, Some(Origin::Active));
         // too late to be this close's reset
         rst.ts_ns = 900 + CLOSE_MATCH_NS + 1;

@@ -2,9 +2,8 @@
 /*
  * Shared by every tcptrace program: the ring buffer, the lost-event counter, the
  * load-time settings, and the helpers that fill a tcptrace_event from a socket
- * or a packet. Every kernel read goes through CO-RE (BPF_CORE_READ), so one
- * object runs on any kernel with BTF; it works from tp_btf and classic
- * tracepoint programs alike.
+ * or a packet. Every kernel read is relocated by CO-RE, so one object runs on
+ * any kernel with BTF; each helper reads the way its caller may (see KREAD).
  *
  * The maps and settings are defined in exactly one translation unit (the one
  * that defines TCPTRACE_DEFINE_MAPS) and declared extern in the others; bpftool's
@@ -19,6 +18,23 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
 #include "tcptrace.h"
+
+/*
+ * Reads a kernel field, `expr` being a member access such as `skc->skc_num`.
+ * tp_btf programs hold typed pointers that the verifier lets them dereference:
+ * a plain load, which the JIT emits as one instruction with an exception-table
+ * entry (kernel/bpf/verifier.c: BPF_PROBE_MEM). Classic tracepoints hand over
+ * untyped addresses, which must go through bpf_probe_read_kernel(), a helper
+ * call per field: about a dozen per state event, the largest avoidable cost
+ * after the ring buffer. `direct` is a constant at every call site, so after
+ * inlining each program keeps only its own kind of read.
+ */
+#define KREAD(direct, expr)                                         \
+	((direct) ? (expr) : ({                                     \
+		__typeof_unqual__(expr) v_ = 0;                          \
+		bpf_core_read(&v_, sizeof(v_), &(expr));            \
+		v_;                                                 \
+	}))
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -97,18 +113,32 @@ static __always_inline bool port_listed(__u16 port)
 	return false;
 }
 
-/* Whether a socket's events are wanted. The local port is read both from
- * skc_num and, for full sockets, inet_sport (skc_num is 0 at the final CLOSE). */
-static __always_inline bool sock_wanted(const struct sock_common *skc, bool full)
+static __always_inline __u32 net_inum(const struct net *net, bool direct)
 {
-	if (filter_netns && BPF_CORE_READ(skc, skc_net.net, ns.inum) != filter_netns)
+	return KREAD(direct, net->ns.inum);
+}
+
+static __always_inline __u32 skc_netns(const struct sock_common *skc, bool direct)
+{
+	return net_inum(KREAD(direct, skc->skc_net.net), direct);
+}
+
+/*
+ * Whether a socket's events are wanted. The local port is read both from
+ * skc_num and, for full sockets (`inet` not NULL), inet_sport: skc_num is 0 at
+ * the final CLOSE.
+ */
+static __always_inline bool sock_wanted(const struct sock_common *skc,
+					const struct inet_sock *inet, bool direct)
+{
+	if (filter_netns && skc_netns(skc, direct) != filter_netns)
 		return false;
 	if (!filter_nports)
 		return true;
-	if (port_listed(BPF_CORE_READ(skc, skc_num)) ||
-	    port_listed(bpf_ntohs(BPF_CORE_READ(skc, skc_dport))))
+	if (port_listed(KREAD(direct, skc->skc_num)) ||
+	    port_listed(bpf_ntohs(KREAD(direct, skc->skc_dport))))
 		return true;
-	return full && port_listed(bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)skc, inet_sport)));
+	return inet && port_listed(bpf_ntohs(KREAD(direct, inet->inet_sport)));
 }
 
 /* Each ring is a distinct map the verifier must see as a constant. */
@@ -148,11 +178,31 @@ static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
 	return e;
 }
 
+/*
+ * A record's footprint in the ring: the 8-byte header the kernel puts before
+ * it, rounded up to 8 bytes (kernel/bpf/ringbuf.c: __bpf_ringbuf_reserve).
+ */
+#define TCPTRACE_SLOT_BYTES ((BPF_RINGBUF_HDR_SZ + sizeof(struct tcptrace_event) + 7) & ~7)
+/*
+ * How far past wakeup_bytes a submit still wakes the reader. Records reserved
+ * on other CPUs meanwhile may carry the unread total past the exact crossing,
+ * so a few slots of slack; more would mean several wake-ups per crossing.
+ */
+#define TCPTRACE_WAKEUP_WINDOW (8 * TCPTRACE_SLOT_BYTES)
+
+/*
+ * Wakes the reader only as the unread data crosses wakeup_bytes, not on every
+ * submit beyond it: each wake-up is an irq_work and a self-IPI, and a reader
+ * kept from the CPU by the very load being traced would otherwise take one per
+ * event until it runs. If that one wake-up comes too early to matter, the
+ * reader's timer drains the ring anyway.
+ */
 static __always_inline void event_submit(struct tcptrace_event *e)
 {
+	__u64 unread = TCPTRACE_ON_RING(e->ring, bpf_ringbuf_query, BPF_RB_AVAIL_DATA);
 	__u64 flags = BPF_RB_NO_WAKEUP;
 
-	if (TCPTRACE_ON_RING(e->ring, bpf_ringbuf_query, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+	if (unread >= wakeup_bytes && unread < wakeup_bytes + TCPTRACE_WAKEUP_WINDOW)
 		flags = BPF_RB_FORCE_WAKEUP;
 	bpf_ringbuf_submit(e, flags);
 }
@@ -166,44 +216,34 @@ static __always_inline void event_fill_task(struct tcptrace_event *e)
 	e->flags |= TCPTRACE_F_TASK;
 }
 
-static __always_inline __u32 net_inum(const struct net *net)
-{
-	return BPF_CORE_READ(net, ns.inum);
-}
-
 /*
  * Family, addresses, ports and netns from the socket's common part, which full,
  * request and timewait sockets share (include/net/sock.h: struct sock_common).
- * The local port comes from skc_num; callers that run after the port was
- * released override it (see fill_sport_from_inet).
+ * The local port comes from skc_num; for full sockets (`inet` not NULL) a
+ * non-zero inet_sport overrides it: inet_sport survives the unhash at CLOSE,
+ * while skc_num is already 0 by then (net/ipv4/inet_hashtables.c:
+ * __inet_put_port clears inet_num); both are 0 at CLOSE->SYN_SENT, before
+ * connect() picks a port.
  */
 static __always_inline void event_fill_sock_common(struct tcptrace_event *e,
-						    const struct sock_common *skc)
+						    const struct sock_common *skc,
+						    const struct inet_sock *inet, bool direct)
 {
-	e->family = BPF_CORE_READ(skc, skc_family);
-	e->sport = BPF_CORE_READ(skc, skc_num);
-	e->dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
-	e->netns = net_inum(BPF_CORE_READ(skc, skc_net.net));
+	__u16 sport = inet ? bpf_ntohs(KREAD(direct, inet->inet_sport)) : 0;
+
+	e->family = KREAD(direct, skc->skc_family);
+	e->sport = sport ? sport : KREAD(direct, skc->skc_num);
+	e->dport = bpf_ntohs(KREAD(direct, skc->skc_dport));
+	e->netns = skc_netns(skc, direct);
 	if (e->family == AF_INET) {
-		bpf_core_read(e->saddr, 4, &skc->skc_rcv_saddr);
-		bpf_core_read(e->daddr, 4, &skc->skc_daddr);
+		*(__u32 *)e->saddr = KREAD(direct, skc->skc_rcv_saddr);
+		*(__u32 *)e->daddr = KREAD(direct, skc->skc_daddr);
 	} else {
-		bpf_core_read(e->saddr, 16, &skc->skc_v6_rcv_saddr);
-		bpf_core_read(e->daddr, 16, &skc->skc_v6_daddr);
+		for (int i = 0; i < 4; i++) {
+			((__u32 *)e->saddr)[i] = KREAD(direct, skc->skc_v6_rcv_saddr.in6_u.u6_addr32[i]);
+			((__u32 *)e->daddr)[i] = KREAD(direct, skc->skc_v6_daddr.in6_u.u6_addr32[i]);
+		}
 	}
-}
-
-/*
- * inet_sport survives the unhash at CLOSE, while skc_num is already 0 by then
- * (net/ipv4/inet_hashtables.c: __inet_put_port clears inet_num). It is still 0
- * at CLOSE->SYN_SENT, before connect() picks a port.
- */
-static __always_inline void fill_sport_from_inet(struct tcptrace_event *e, const struct sock *sk)
-{
-	__u16 sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
-
-	if (sport)
-		e->sport = sport;
 }
 
 /*
@@ -240,12 +280,6 @@ static __always_inline void event_fill_from_skb(struct tcptrace_event *e,
 		e->sport = bpf_ntohs(tcp.dest);
 		e->dport = bpf_ntohs(tcp.source);
 	}
-}
-
-/* sk_protocol became a full u16 in 5.6; the probed bitfield read handles both. */
-static __always_inline bool sock_is_tcp(const struct sock *sk)
-{
-	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) == IPPROTO_TCP;
 }
 
 static __always_inline bool family_is_inet(__u16 family)

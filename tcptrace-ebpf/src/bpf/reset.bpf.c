@@ -15,23 +15,26 @@
  * so the state read here is CLOSE: userspace takes the state before the reset
  * from the socket's previous transition.
  */
+/* The device's namespace, for a reset sent without a socket (rare: read
+ * through probes whatever the program type). */
+static __always_inline __u32 skb_netns(const struct sk_buff *skb)
+{
+	return net_inum(BPF_CORE_READ(skb, dev, nd_net.net), false);
+}
+
 /* The filters for a reset: the socket's, or for a packet without one its
  * device's namespace and its ports. */
-static __always_inline bool reset_wanted(const struct sock *sk, const struct sk_buff *skb)
+static __always_inline bool reset_wanted(const struct sock *sk, const struct inet_sock *inet,
+					 const struct sk_buff *skb, bool direct)
 {
 	struct tcphdr tcp;
 	unsigned char *head;
 
-	if (sk) {
-		/* Timewait and request sockets have no inet_sport; a full socket
-		 * aborting (active reset) has already released skc_num. */
-		__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
-
-		return sock_wanted(&sk->__sk_common, state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV);
-	}
+	if (sk)
+		return sock_wanted(&sk->__sk_common, inet, direct);
 	if (!skb)
 		return false;
-	if (filter_netns && net_inum(BPF_CORE_READ(skb, dev, nd_net.net)) != filter_netns)
+	if (filter_netns && skb_netns(skb) != filter_netns)
 		return false;
 	if (!filter_nports)
 		return true;
@@ -41,13 +44,18 @@ static __always_inline bool reset_wanted(const struct sock *sk, const struct sk_
 	return port_listed(bpf_ntohs(tcp.dest)) || port_listed(bpf_ntohs(tcp.source));
 }
 
-static __always_inline void emit_send_reset(const struct sock *sk, const struct sk_buff *skb,
-					    __u64 sock_id, __u8 id_flags, __u32 reason,
-					    bool has_reason)
+/*
+ * `inet` is the socket as a full inet_sock, NULL for timewait and request
+ * sockets, which have no inet_sport (a full socket aborting has already
+ * released skc_num, see event_fill_sock_common).
+ */
+static __always_inline void emit_send_reset(const struct sock *sk, const struct inet_sock *inet,
+					    const struct sk_buff *skb, __u64 sock_id, __u8 id_flags,
+					    __u32 reason, bool has_reason, bool direct)
 {
 	struct tcptrace_event *e;
 
-	if (!reset_wanted(sk, skb))
+	if (!reset_wanted(sk, inet, skb, direct))
 		return;
 	e = event_reserve(TCPTRACE_SEND_RESET);
 	if (!e)
@@ -59,35 +67,32 @@ static __always_inline void emit_send_reset(const struct sock *sk, const struct 
 	}
 	if (sk) {
 		e->sock_id = sock_id;
-		e->oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
-		event_fill_sock_common(e, &sk->__sk_common);
-		if (e->oldstate == TCP_CLOSE)
-			fill_sport_from_inet(e, sk);
+		e->oldstate = KREAD(direct, sk->__sk_common.skc_state);
+		event_fill_sock_common(e, &sk->__sk_common, inet, direct);
 	} else {
 		e->flags |= TCPTRACE_F_NO_SOCKET;
 		if (skb)
-			e->netns = net_inum(BPF_CORE_READ(skb, dev, nd_net.net));
+			e->netns = skb_netns(skb);
 	}
 	if (skb)
 		event_fill_from_skb(e, skb);
 	event_submit(e);
 }
 
-static __always_inline void emit_receive_reset(const struct sock *sk, __u64 sock_id,
-					       __u8 id_flags)
+static __always_inline void emit_receive_reset(const struct sock *sk, const struct inet_sock *inet,
+					       __u64 sock_id, __u8 id_flags, bool direct)
 {
 	struct tcptrace_event *e;
 
-	if (!sock_wanted(&sk->__sk_common, true))
+	if (!sock_wanted(&sk->__sk_common, inet, direct))
 		return;
 	e = event_reserve(TCPTRACE_RECV_RESET);
 	if (!e)
 		return;
 	e->sock_id = sock_id;
 	e->flags = id_flags;
-	e->oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
-	event_fill_sock_common(e, &sk->__sk_common);
-	fill_sport_from_inet(e, sk);
+	e->oldstate = KREAD(direct, sk->__sk_common.skc_state);
+	event_fill_sock_common(e, &sk->__sk_common, inet, direct);
 	event_submit(e);
 }
 
@@ -100,20 +105,26 @@ static __always_inline void emit_receive_reset(const struct sock *sk, __u64 sock
 SEC("tp_btf/tcp_send_reset")
 int handle_tcp_send_reset(__u64 *ctx)
 {
-	const struct sock *sk = (const struct sock *)ctx[0];
+	struct sock *sk = (struct sock *)ctx[0];
 	const struct sk_buff *skb = (const struct sk_buff *)ctx[1];
 	bool has_reason = bpf_core_type_exists(enum sk_rst_reason);
 	__u32 reason = has_reason ? (__u32)ctx[2] : 0;
-	__u64 cookie = sk ? bpf_get_socket_cookie((void *)sk) : 0;
+	__u64 cookie = sk ? bpf_get_socket_cookie(sk) : 0;
+	/* NULL unless a full TCP socket: timewait and request sockets. */
+	const struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : NULL;
 
-	emit_send_reset(sk, skb, cookie, 0, reason, has_reason);
+	emit_send_reset(sk, tp ? &tp->inet_conn.icsk_inet : NULL, skb, cookie, 0, reason,
+			has_reason, true);
 	return 0;
 }
 
 SEC("tp_btf/tcp_receive_reset")
-int BPF_PROG(handle_tcp_receive_reset, const struct sock *sk)
+int BPF_PROG(handle_tcp_receive_reset, struct sock *sk)
 {
-	emit_receive_reset(sk, bpf_get_socket_cookie((void *)sk), 0);
+	const struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (tp)
+		emit_receive_reset(sk, &tp->inet_conn.icsk_inet, bpf_get_socket_cookie(sk), 0, true);
 	return 0;
 }
 
@@ -127,7 +138,11 @@ int classic_tcp_send_reset(struct trace_event_raw_tcp_send_reset *ctx)
 
 	if (has_reason)
 		reason = BPF_CORE_READ(ctx, reason);
-	emit_send_reset(sk, skb, (__u64)sk, TCPTRACE_F_ADDR_ID, reason, has_reason);
+	__u8 state = sk ? BPF_CORE_READ(sk, __sk_common.skc_state) : TCP_CLOSE;
+	bool full = sk && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
+
+	emit_send_reset(sk, full ? (const struct inet_sock *)sk : NULL, skb, (__u64)sk,
+			TCPTRACE_F_ADDR_ID, reason, has_reason, false);
 	return 0;
 }
 
@@ -136,6 +151,6 @@ int classic_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 {
 	const struct sock *sk = ctx->skaddr;
 
-	emit_receive_reset(sk, (__u64)sk, TCPTRACE_F_ADDR_ID);
+	emit_receive_reset(sk, (const struct inet_sock *)sk, (__u64)sk, TCPTRACE_F_ADDR_ID, false);
 	return 0;
 }

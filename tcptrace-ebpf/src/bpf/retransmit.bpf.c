@@ -14,13 +14,13 @@
  * num_retrans + 1. snt_synack is the first SYN-ACK's tcp_clock_us()
  * (tcp_make_synack sets it once), the same clock as bpf_ktime_get_ns().
  */
-static __always_inline void emit_synack(const struct sock *listener, __u64 sock_id,
-					__u8 id_flags, const struct request_sock *req)
+static __always_inline void emit_synack(__u64 sock_id, __u8 id_flags,
+					const struct request_sock *req, bool direct)
 {
 	struct tcptrace_event *e;
 	__u64 first_us, now_us;
 
-	if (!sock_wanted(&req->__req_common, false))
+	if (!sock_wanted(&req->__req_common, NULL, direct))
 		return;
 	e = event_reserve(TCPTRACE_SYNACK_RETRANS);
 	if (!e)
@@ -28,8 +28,9 @@ static __always_inline void emit_synack(const struct sock *listener, __u64 sock_
 	e->sock_id = sock_id;
 	e->flags = id_flags;
 	e->oldstate = TCP_LISTEN;
-	event_fill_sock_common(e, &req->__req_common);
-	e->retrans = BPF_CORE_READ(req, num_retrans) + 1;
+	event_fill_sock_common(e, &req->__req_common, NULL, direct);
+	e->retrans = KREAD(direct, req->num_retrans) + 1;
+	/* Past struct request_sock: the verifier allows no direct read there. */
 	first_us = BPF_CORE_READ((const struct tcp_request_sock *)req, snt_synack);
 	now_us = e->ts_ns / 1000;
 	if (first_us && now_us >= first_us)
@@ -37,35 +38,41 @@ static __always_inline void emit_synack(const struct sock *listener, __u64 sock_
 	event_submit(e);
 }
 
-static __always_inline void emit_retrans(const struct sock *sk, __u64 sock_id, __u8 id_flags)
+/* `tp` as in state.bpf.c: typed by bpf_skc_to_tcp_sock() for direct reads. */
+static __always_inline void emit_retrans(const struct tcp_sock *tp, __u64 sock_id, __u8 id_flags,
+					 bool direct)
 {
+	const struct inet_sock *inet = &tp->inet_conn.icsk_inet;
+	const struct sock_common *skc = &inet->sk.__sk_common;
 	struct tcptrace_event *e;
 
-	if (!family_is_inet(BPF_CORE_READ(sk, __sk_common.skc_family)) ||
-	    !sock_wanted(&sk->__sk_common, true))
+	if (!family_is_inet(KREAD(direct, skc->skc_family)) || !sock_wanted(skc, inet, direct))
 		return;
 	e = event_reserve(TCPTRACE_RETRANS);
 	if (!e)
 		return;
 	e->sock_id = sock_id;
 	e->flags = id_flags;
-	e->oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
-	event_fill_sock_common(e, &sk->__sk_common);
-	e->retrans = BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans);
+	e->oldstate = KREAD(direct, skc->skc_state);
+	event_fill_sock_common(e, skc, inet, direct);
+	e->retrans = KREAD(direct, tp->total_retrans);
 	event_submit(e);
 }
 
 SEC("tp_btf/tcp_retransmit_synack")
-int BPF_PROG(handle_tcp_retransmit_synack, const struct sock *sk, const struct request_sock *req)
+int BPF_PROG(handle_tcp_retransmit_synack, struct sock *sk, const struct request_sock *req)
 {
-	emit_synack(sk, bpf_get_socket_cookie((void *)sk), 0, req);
+	emit_synack(bpf_get_socket_cookie(sk), 0, req, true);
 	return 0;
 }
 
 SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(handle_tcp_retransmit_skb, const struct sock *sk)
+int BPF_PROG(handle_tcp_retransmit_skb, struct sock *sk)
 {
-	emit_retrans(sk, bpf_get_socket_cookie((void *)sk), 0);
+	const struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (tp)
+		emit_retrans(tp, bpf_get_socket_cookie(sk), 0, true);
 	return 0;
 }
 
@@ -75,7 +82,7 @@ int classic_tcp_retransmit_synack(struct trace_event_raw_tcp_retransmit_synack *
 	const struct sock *sk = ctx->skaddr;
 	const struct request_sock *req = ctx->req;
 
-	emit_synack(sk, (__u64)sk, TCPTRACE_F_ADDR_ID, req);
+	emit_synack((__u64)sk, TCPTRACE_F_ADDR_ID, req, false);
 	return 0;
 }
 
@@ -96,6 +103,6 @@ int classic_tcp_retransmit_skb(struct classic_retransmit_skb_ctx *ctx)
 {
 	const struct sock *sk = ctx->skaddr;
 
-	emit_retrans(sk, (__u64)sk, TCPTRACE_F_ADDR_ID);
+	emit_retrans((const struct tcp_sock *)sk, (__u64)sk, TCPTRACE_F_ADDR_ID, false);
 	return 0;
 }

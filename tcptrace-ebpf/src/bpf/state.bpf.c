@@ -25,13 +25,20 @@ static __always_inline bool in_process_context(int oldstate, int newstate)
 	return oldstate == TCP_CLOSE && (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN);
 }
 
-static __always_inline void emit_state(const struct sock *sk, __u64 sock_id, __u8 id_flags,
-				       int oldstate, int newstate)
+/*
+ * `tp` is the socket as a tcp_sock (tcp_sock starts with inet_sock, which
+ * starts with sock): tp_btf programs get it typed from bpf_skc_to_tcp_sock(),
+ * which the verifier needs before it allows reads past struct sock; classic
+ * ones cast the address they are given and read through probes.
+ */
+static __always_inline void emit_state(const struct tcp_sock *tp, __u64 sock_id, __u8 id_flags,
+				       int oldstate, int newstate, bool direct)
 {
+	const struct inet_sock *inet = &tp->inet_conn.icsk_inet;
+	const struct sock_common *skc = &inet->sk.__sk_common;
 	struct tcptrace_event *e;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
-	if (!family_is_inet(family) || !sock_wanted(&sk->__sk_common, true))
+	if (!family_is_inet(KREAD(direct, skc->skc_family)) || !sock_wanted(skc, inet, direct))
 		return;
 	e = event_reserve(TCPTRACE_STATE);
 	if (!e)
@@ -40,29 +47,28 @@ static __always_inline void emit_state(const struct sock *sk, __u64 sock_id, __u
 	e->flags = id_flags;
 	e->oldstate = oldstate;
 	e->newstate = newstate;
-	event_fill_sock_common(e, &sk->__sk_common);
-	fill_sport_from_inet(e, sk);
+	event_fill_sock_common(e, skc, inet, direct);
 	if (in_process_context(oldstate, newstate))
 		event_fill_task(e);
 	if (newstate == TCP_ESTABLISHED) {
 		/* First RTT sample and retransmits of the handshake: the child's
 		 * SYN_RECV dwell is ~20 us whatever the handshake took, because the
 		 * child is only created when the final ACK arrives. */
-		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-
-		e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-		e->retrans = BPF_CORE_READ(tp, total_retrans);
+		e->srtt_us = KREAD(direct, tp->srtt_us) >> 3;
+		e->retrans = KREAD(direct, tp->total_retrans);
 	}
 	event_submit(e);
 }
 
 SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(handle_inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
+int BPF_PROG(handle_inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	/* The tracepoint also fires for SCTP and MPTCP sockets. */
-	if (!sock_is_tcp(sk))
+	/* NULL for SCTP and MPTCP sockets, for which the tracepoint also fires. */
+	const struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (!tp)
 		return 0;
-	emit_state(sk, bpf_get_socket_cookie((void *)sk), 0, oldstate, newstate);
+	emit_state(tp, bpf_get_socket_cookie(sk), 0, oldstate, newstate, true);
 	return 0;
 }
 
@@ -78,6 +84,7 @@ int classic_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 
 	if (protocol != IPPROTO_TCP)
 		return 0;
-	emit_state(sk, (__u64)sk, TCPTRACE_F_ADDR_ID, oldstate, newstate);
+	emit_state((const struct tcp_sock *)sk, (__u64)sk, TCPTRACE_F_ADDR_ID, oldstate, newstate,
+		   false);
 	return 0;
 }
