@@ -14,9 +14,9 @@
 //! state: every row and histogram exists):
 //! - `decode`: bytes to typed events only;
 //! - `decode_track`: plus the socket tracker (time in state, owner, origin);
-//! - `decode_track_aggregate`: plus one aggregator (the target's pipeline);
-//! - `daemon_pipeline`: plus the daemon's second, per-interval aggregator,
-//!   which `Session::drain` feeds beside the cumulative one;
+//! - `decode_track_aggregate`: plus the aggregator (the target's pipeline);
+//! - `daemon_pipeline`: plus the daemon's flight recorder, which keeps a
+//!   copy of every record, as `Session::drain` does;
 //! - `decode_track_aggregate_cold`: a fresh tracker and aggregator each
 //!   time, which allocate every row and histogram as they meet them.
 
@@ -27,6 +27,7 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput};
 use tcptrace::aggregate::{Aggregator, AggregatorConfig};
 use tcptrace::event::{self, Detail, Event, Task};
+use tcptrace::flight::{DEFAULT_FLIGHT_EVENTS, FlightArgs, FlightRecorder};
 use tcptrace::session::MAX_TRACKED_SOCKETS;
 use tcptrace::tcp::{Family, TcpState};
 use tcptrace::track::Tracker;
@@ -279,43 +280,62 @@ fn stream() -> (Vec<u8>, usize) {
     (bytes, n)
 }
 
-fn fresh() -> (Tracker, Aggregator, Aggregator) {
-    let cfg = AggregatorConfig::default();
+fn fresh() -> (Tracker, Aggregator) {
     (
         Tracker::new(MAX_TRACKED_SOCKETS),
-        Aggregator::new(cfg.clone(), 0),
-        Aggregator::new(cfg, 0),
+        Aggregator::new(AggregatorConfig::default(), 0),
     )
 }
 
-/// Feeds every record to the tracker and to each of `aggs`, as
-/// `Session::drain` does.
-fn replay_into(bytes: &[u8], size: usize, tracker: &mut Tracker, aggs: &mut [&mut Aggregator]) {
+/// The daemon's flight recorder with its default size.
+fn flight_recorder() -> FlightRecorder {
+    let args = FlightArgs {
+        flight_events: DEFAULT_FLIGHT_EVENTS,
+        flight_dir: None,
+        triggers: Vec::new(),
+        trigger_cooldown: Duration::from_mins(5),
+    };
+    FlightRecorder::new(&args, None, None, 0, 0)
+        .expect("default flight-recorder flags are valid")
+        .expect("the default flight recorder is on")
+}
+
+/// Feeds every record to the flight recorder if any, the tracker and the
+/// aggregator, as `Session::drain` does.
+fn replay_into(
+    bytes: &[u8],
+    size: usize,
+    mut flight: Option<&mut FlightRecorder>,
+    tracker: &mut Tracker,
+    agg: &mut Aggregator,
+) {
     for rec in bytes.chunks_exact(size) {
+        if let Some(f) = flight.as_deref_mut() {
+            f.push(rec);
+        }
         match event::decode(rec) {
             Ok(ev) => {
                 let note = tracker.observe(&ev);
-                for agg in aggs.iter_mut() {
-                    agg.add(&ev, &note, tracker);
-                }
+                agg.add(&ev, &note, tracker);
             }
-            Err(_) => aggs[0].add_undecodable(1),
+            Err(_) => agg.add_undecodable(1),
         }
     }
 }
 
 /// A tracker and aggregators that have seen the stream once: every port's
 /// rows and histograms exist, as in a daemon that has been running a while.
-fn warm() -> (Tracker, Aggregator, Aggregator, Vec<u8>, usize) {
+fn warm() -> (Tracker, Aggregator, Vec<u8>, usize) {
     let (bytes, n) = stream();
     let size = bytes.len() / n;
-    let (mut tracker, mut agg, mut interval) = fresh();
-    replay_into(&bytes, size, &mut tracker, &mut [&mut agg, &mut interval]);
-    (tracker, agg, interval, bytes, size)
+    let (mut tracker, mut agg) = fresh();
+    replay_into(&bytes, size, None, &mut tracker, &mut agg);
+    (tracker, agg, bytes, size)
 }
 
 fn replay(c: &mut Criterion) {
-    let (mut tracker, mut agg, mut interval, bytes, size) = warm();
+    let (mut tracker, mut agg, bytes, size) = warm();
+    let mut flight = flight_recorder();
     let n = bytes.len() / size;
     println!(
         "replay: {n} events ({size}-byte records, {CONNECTIONS} connections, {PORTS} ports x {} namespaces); \
@@ -344,18 +364,17 @@ fn replay(c: &mut Criterion) {
         });
     });
     g.bench_function("decode_track_aggregate", |b| {
-        b.iter(|| replay_into(&bytes, size, &mut tracker, &mut [&mut agg]));
+        b.iter(|| replay_into(&bytes, size, None, &mut tracker, &mut agg));
     });
     g.bench_function("daemon_pipeline", |b| {
-        b.iter(|| replay_into(&bytes, size, &mut tracker, &mut [&mut agg, &mut interval]));
+        b.iter(|| replay_into(&bytes, size, Some(&mut flight), &mut tracker, &mut agg));
     });
     // A fresh aggregator meets every port and state for the first time and
-    // allocates its histograms: the daemon's interval aggregator, at the
-    // start of each report interval.
+    // allocates its histograms, as after the daemon starts.
     g.bench_function("decode_track_aggregate_cold", |b| {
         b.iter_batched_ref(
             fresh,
-            |(tracker, agg, _)| replay_into(&bytes, size, tracker, &mut [agg]),
+            |(tracker, agg)| replay_into(&bytes, size, None, tracker, agg),
             BatchSize::PerIteration,
         );
     });

@@ -153,7 +153,62 @@ struct PortStats {
     retransmits: u64,
 }
 
+/// `a -= b` for histograms, where `b` is an earlier copy of `a` (so every
+/// value of `b` fits in `a`'s range).
+fn histogram_minus(a: &mut Option<Histogram<u64>>, b: Option<&Histogram<u64>>) {
+    if let (Some(a), Some(b)) = (a.as_mut(), b) {
+        // Cannot fail: counts only grow and the range only widens.
+        let _ = a.subtract(b);
+    }
+}
+
+fn counts_minus<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
+    for (a, b) in a.iter_mut().zip(b) {
+        *a -= b;
+    }
+}
+
+impl StateStats {
+    fn minus(&mut self, base: &StateStats) {
+        self.entered -= base.entered;
+        counts_minus(&mut self.exits, &base.exits);
+        histogram_minus(&mut self.dwell, base.dwell.as_ref());
+        self.dwell_unknown -= base.dwell_unknown;
+    }
+}
+
 impl PortStats {
+    /// Leaves what happened since `base`, an earlier copy of this row.
+    fn minus(&mut self, base: &PortStats) {
+        self.transitions -= base.transitions;
+        for (st, b) in self.states.iter_mut().zip(&base.states) {
+            st.minus(b);
+        }
+        self.synack_retrans -= base.synack_retrans;
+        self.handshakes_completed -= base.handshakes_completed;
+        self.handshakes_failed -= base.handshakes_failed;
+        histogram_minus(&mut self.handshake_time, base.handshake_time.as_ref());
+        for (k, n) in &base.resets_sent {
+            if let Some(m) = self.resets_sent.get_mut(k) {
+                *m -= n;
+            }
+        }
+        self.resets_sent.retain(|_, n| *n > 0);
+        counts_minus(&mut self.resets_received, &base.resets_received);
+        self.resets_received_long_established -= base.resets_received_long_established;
+        self.retransmits -= base.retransmits;
+    }
+
+    /// Nothing was counted (histograms are empty when every count is 0).
+    fn is_quiet(&self) -> bool {
+        self.transitions == 0
+            && self.synack_retrans == 0
+            && self.handshakes_failed == 0
+            && self.resets_sent.is_empty()
+            && self.resets_received.iter().all(|n| *n == 0)
+            && self.retransmits == 0
+    }
+
     fn state(&mut self, st: TcpState) -> &mut StateStats {
         if self.states.is_empty() {
             self.states = vec![StateStats::default(); STATE_SLOTS];
@@ -187,6 +242,7 @@ pub struct CensusView {
     pub accept_queues: HashMap<u16, AcceptQueue>,
 }
 
+#[derive(Clone)]
 pub struct Aggregator {
     cfg: AggregatorConfig,
     /// The rows, in order of first use: at most `max_ports` named ones, plus
@@ -201,6 +257,8 @@ pub struct Aggregator {
     other_rows: [Option<usize>; 2],
     /// Distinct (port, direction) folded into "other".
     folded: u64,
+    /// Snapshots leave out rows with nothing counted (see [`Aggregator::since`]).
+    quiet_rows_hidden: bool,
     pending: FxHashMap<(u32, SocketAddr, SocketAddr), Pending>,
     /// Requests not followed because `pending` was full.
     pub pending_overflow: u64,
@@ -226,6 +284,7 @@ impl Aggregator {
             named_rows: 0,
             other_rows: [None; 2],
             folded: 0,
+            quiet_rows_hidden: false,
             pending: FxHashMap::default(),
             pending_overflow: 0,
             counts: EventCounts::default(),
@@ -268,6 +327,29 @@ impl Aggregator {
 
     pub fn undecodable(&self) -> u64 {
         self.counts.undecodable
+    }
+
+    /// The aggregates of what happened since `base`, a copy of this
+    /// aggregator taken at `base_ns`: how the daemon's interval reports are
+    /// made from the one cumulative aggregator, so that each event is
+    /// aggregated once. Rows are only ever appended, so row `i` of `base` is
+    /// row `i` here. Lost and undecodable records count since `base` too.
+    /// Pending handshakes are the current ones; rows with
+    /// nothing new are left out, as a fresh aggregator would not have them.
+    #[must_use]
+    pub fn since(&self, base: &Aggregator, base_ns: u64) -> Aggregator {
+        let mut out = self.clone();
+        out.start_ns = base_ns;
+        for ((_, row), (_, b)) in out.rows.iter_mut().zip(&base.rows) {
+            row.minus(b);
+        }
+        out.counts.total -= base.counts.total;
+        out.counts.undecodable -= base.counts.undecodable;
+        out.counts.lost = out.counts.lost.saturating_sub(base.counts.lost);
+        counts_minus(&mut out.by_kind, &base.by_kind);
+        out.pending_overflow -= base.pending_overflow;
+        out.quiet_rows_hidden = true;
+        out
     }
 
     /// The row of (port, direction), created on first use; past `max_ports`
@@ -466,7 +548,9 @@ impl Aggregator {
         self.settle(now_ns);
         let mut rows: BTreeMap<PortKey, PortSnapshot> = BTreeMap::new();
         for (key, stats) in &self.rows {
-            rows.insert(*key, port_snapshot(*key, stats, reasons));
+            if !(self.quiet_rows_hidden && stats.is_quiet()) {
+                rows.insert(*key, port_snapshot(*key, stats, reasons));
+            }
         }
         let mut oldest: HashMap<PortKey, Vec<StuckSocket>> = HashMap::new();
         let mut sockets_tracked = 0;
@@ -578,7 +662,7 @@ fn port_snapshot(key: PortKey, s: &PortStats, reasons: &ResetReasons) -> PortSna
             continue;
         };
         if st.entered == 0
-            && st.dwell.is_none()
+            && recorded(st.dwell.as_ref()).is_none()
             && st.dwell_unknown == 0
             && st.exits.iter().all(|n| *n == 0)
         {
@@ -596,7 +680,7 @@ fn port_snapshot(key: PortKey, s: &PortStats, reasons: &ResetReasons) -> PortSna
             StateSnapshot {
                 entered: st.entered,
                 exits,
-                dwell: st.dwell.as_ref().map(dwell_summary),
+                dwell: recorded(st.dwell.as_ref()).map(dwell_summary),
                 dwell_unknown: st.dwell_unknown,
                 ..StateSnapshot::default()
             },
@@ -606,7 +690,7 @@ fn port_snapshot(key: PortKey, s: &PortStats, reasons: &ResetReasons) -> PortSna
     row.handshakes = Handshakes {
         completed: s.handshakes_completed,
         failed: s.handshakes_failed,
-        time: s.handshake_time.as_ref().map(dwell_summary),
+        time: recorded(s.handshake_time.as_ref()).map(dwell_summary),
     };
     row.resets_sent = s
         .resets_sent
@@ -629,6 +713,12 @@ fn port_snapshot(key: PortKey, s: &PortStats, reasons: &ResetReasons) -> PortSna
     row.resets_received_long_established = s.resets_received_long_established;
     row.retransmits = s.retransmits;
     row
+}
+
+/// A histogram with something in it (one left empty by [`Aggregator::since`]
+/// reads as none).
+fn recorded(h: Option<&Histogram<u64>>) -> Option<&Histogram<u64>> {
+    h.filter(|h| !h.is_empty())
 }
 
 /// Percentiles and power-of-4 buckets of a histogram.

@@ -566,3 +566,96 @@ fn dwell_summary_handles_extremes() {
     assert_eq!(d.buckets.iter().map(|b| b.count).sum::<u64>(), 2);
     assert_eq!(d.buckets[0], Bucket { le_us: 1, count: 1 });
 }
+
+/// Passive connections, an active one to :6379 and a refused connect, all
+/// done within `t0 .. t0 + 400 ms`; socket ids from `id`.
+fn mixed(w: &mut World, t0: u64, id: u64, close_wait_ms: &[u64]) {
+    for (i, cw) in close_wait_ms.iter().enumerate() {
+        let client = format!("10.0.0.2:{}", 40_000 + id + i as u64);
+        passive(w, t0 + i as u64 * MS, id + i as u64, &client, cw * MS);
+    }
+    let a = id + 100;
+    let (local, redis) = ("10.0.0.1:41000", "10.0.0.3:6379");
+    w.feed(&ev(t0, a, "10.0.0.1:0", redis, st(Close, SynSent)));
+    w.feed(&ev(t0 + 50_000, a, local, redis, st(SynSent, Established)));
+    w.feed(&ev(t0 + 9 * MS, a, local, redis, st(Established, Close)));
+    w.feed(&ev(
+        t0 + 9 * MS + 10,
+        a,
+        local,
+        redis,
+        Detail::SendReset {
+            state: Some(Close),
+            reason: Some(11),
+        },
+    ));
+    let r = id + 200;
+    let (local, closed) = ("10.0.0.1:41001", "10.0.0.4:9");
+    w.feed(&ev(t0 + MS, r, "10.0.0.1:0", closed, st(Close, SynSent)));
+    w.feed(&ev(
+        t0 + MS + 20,
+        r,
+        local,
+        closed,
+        Detail::RecvReset { state: SynSent },
+    ));
+    w.feed(&ev(t0 + MS + 30, r, local, closed, st(SynSent, Close)));
+}
+
+#[test]
+fn an_interval_is_the_cumulative_aggregate_minus_its_start() {
+    // One aggregator sees two phases; a second, fresh at the boundary, sees
+    // only the second. The first's aggregates since the boundary must be the
+    // second's, row for row, histogram for histogram.
+    let t1 = 1_000 * MS;
+    let mut all = World::new(AggregatorConfig::default());
+    listener(&mut all);
+    mixed(&mut all, MS, 10, &[300, 5]);
+    // A port used only before the boundary has no row in the interval.
+    all.feed(&ev(
+        2 * MS,
+        90,
+        "10.0.0.1:0",
+        "10.0.0.5:5432",
+        st(Close, SynSent),
+    ));
+    all.feed(&ev(
+        3 * MS,
+        90,
+        "10.0.0.1:0",
+        "10.0.0.5:5432",
+        st(SynSent, Close),
+    ));
+    all.agg.add_undecodable(2);
+    let base = all.agg.clone();
+
+    let mut second = World::new(AggregatorConfig::default());
+    listener(&mut second);
+    second.agg = Aggregator::new(AggregatorConfig::default(), t1);
+    for w in [&mut all, &mut second] {
+        mixed(w, t1 + MS, 1_000, &[7, 120, 40]);
+        w.agg.add_undecodable(1);
+    }
+    let t2 = t1 + 500 * MS;
+    let interval = all
+        .agg
+        .since(&base, t1)
+        .snapshot(&all.tracker, t2, "t".into(), &all.reasons);
+    let expected = second.snap(t2);
+    assert_eq!(interval, expected);
+    // The fixture is not trivial: rows, dwell histograms and resets.
+    let ports: Vec<_> = expected.ports.iter().map(|p| p.port).collect();
+    assert_eq!(ports, [Some(9), Some(6379), Some(8080)]);
+    assert_eq!(expected.events.total, 3 * 5 + 4 + 3);
+    assert_eq!(expected.events.undecodable, 1);
+    let cw = expected.ports[2].states[&CloseWait].dwell.as_ref().unwrap();
+    // 120 ms reads as the top of its bucket (64 µs wide there).
+    assert_eq!((cw.count, cw.min_us, cw.max_us), (3, 7_000, 120_063));
+    // And the cumulative view still has everything.
+    let total = all.snap(t2);
+    assert_eq!(
+        total.events.total,
+        1 + (2 * 5 + 4 + 3) + 2 + (3 * 5 + 4 + 3)
+    );
+    assert_eq!(total.ports.len(), 4);
+}

@@ -85,7 +85,11 @@ pub async fn run(args: EventsArgs) -> Result<()> {
             () = shutdown.recv() => true,
         };
         reader.drain(|bytes| printer.record(bytes));
-        let lost = tracer.lost_events()?;
+        let lost = if stopping {
+            tracer.lost_events_now()?
+        } else {
+            tracer.lost_events()?
+        };
         let new = printer.lost(lost);
         if new > 0 {
             eprintln!(

@@ -134,8 +134,11 @@ pub struct Tracer {
     _ebpf: Ebpf,
     rings: Vec<RingBuf<MapData>>,
     lost: LostCounter,
-    /// Our program fds, whose fdinfo counts the runs the kernel skipped.
-    program_fds: Vec<std::os::fd::RawFd>,
+    /// /proc/self/fdinfo of our programs, which counts the runs the kernel
+    /// skipped; kept open, so that a read is one pread, not a path lookup.
+    fdinfo: Vec<std::fs::File>,
+    /// The last sum of those counts, and when it was read.
+    missed: std::cell::Cell<(u64, Option<std::time::Instant>)>,
     /// (tracepoint, how it was attached) for every hook that is live.
     pub attached: Vec<(&'static str, Attachment)>,
     /// One line per feature lost to a missing hook.
@@ -207,7 +210,7 @@ impl Tracer {
             }
         }
 
-        let program_fds = attached
+        let fdinfo = attached
             .iter()
             .filter_map(|(name, how)| {
                 let hook = HOOKS.iter().find(|h| h.name == *name)?;
@@ -215,10 +218,13 @@ impl Tracer {
                     Attachment::Btf => hook.btf_program,
                     Attachment::Classic => hook.classic_program,
                 };
-                let fd = ebpf.program(prog)?.fd().ok()?;
-                Some(fd.as_fd().as_raw_fd())
+                let fd = ebpf.program(prog)?.fd().ok()?.as_fd().as_raw_fd();
+                Some(
+                    std::fs::File::open(format!("/proc/self/fdinfo/{fd}"))
+                        .with_context(|| format!("open /proc/self/fdinfo/{fd}")),
+                )
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let mut ring_bufs = Vec::new();
         for name in &names::RING_MAPS[..rings as usize] {
             let map = ebpf.take_map(name).with_context(|| format!("map {name}"))?;
@@ -230,7 +236,8 @@ impl Tracer {
         Ok(Self {
             _ebpf: ebpf,
             rings: ring_bufs,
-            program_fds,
+            fdinfo,
+            missed: std::cell::Cell::new((0, None)),
             lost,
             attached,
             warnings,
@@ -259,22 +266,44 @@ impl Tracer {
     /// recursion misses). Both are read without a syscall on bpf(2): the ring
     /// counter is mapped, the misses come from /proc/self/fdinfo, so this
     /// keeps working after `--user` dropped every capability.
+    ///
+    /// The skipped runs are re-read at most every [`MISSES_REFRESH`]: this is
+    /// called on every drain, and five fdinfo reads each 10 ms are a cost of
+    /// their own. [`Tracer::lost_events_now`] reads them afresh.
     pub fn lost_events(&self) -> Result<u64> {
-        Ok(self.lost.sum() + self.missed_runs()?)
+        let (missed, at) = self.missed.get();
+        if at.is_some_and(|at| at.elapsed() < MISSES_REFRESH) {
+            return Ok(self.lost.sum() + missed);
+        }
+        self.lost_events_now()
+    }
+
+    /// [`Tracer::lost_events`], every counter read now (for final figures).
+    pub fn lost_events_now(&self) -> Result<u64> {
+        let missed = self.missed_runs()?;
+        self.missed.set((missed, Some(std::time::Instant::now())));
+        Ok(self.lost.sum() + missed)
     }
 
     /// Program runs the kernel skipped (recursion misses; the field exists
     /// since 5.12, before which such runs were not skipped silently either).
-    pub fn missed_runs(&self) -> Result<u64> {
+    fn missed_runs(&self) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
         let mut sum = 0;
-        for fd in &self.program_fds {
-            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
-                .with_context(|| format!("read /proc/self/fdinfo/{fd} for skipped program runs"))?;
+        let mut buf = [0u8; 1024];
+        for file in &self.fdinfo {
+            let n = file
+                .read_at(&mut buf, 0)
+                .context("read /proc/self/fdinfo for skipped program runs")?;
+            let info = String::from_utf8_lossy(&buf[..n]);
             sum += fdinfo_field(&info, "recursion_misses").unwrap_or(0);
         }
         Ok(sum)
     }
 }
+
+/// How stale [`Tracer::lost_events`] may let the skipped-run count get.
+const MISSES_REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A numeric field of an fdinfo file (`name:\tvalue`).
 fn fdinfo_field(info: &str, name: &str) -> Option<u64> {

@@ -61,7 +61,11 @@ pub async fn record(args: RecordArgs) -> Result<()> {
                 result = writer.push(bytes);
             }
         });
-        let now_lost = tracer.lost_events()?;
+        let now_lost = if stopping {
+            tracer.lost_events_now()?
+        } else {
+            tracer.lost_events()?
+        };
         if now_lost > lost {
             eprintln!(
                 "tcptrace: warning: {} events lost (ring buffer full, {} in all): raise --ring-size",

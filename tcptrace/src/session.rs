@@ -57,11 +57,10 @@ impl Tracing {
     }
 }
 
+/// The cumulative aggregator as the current report interval began.
 struct Interval {
-    agg: Aggregator,
+    base: Aggregator,
     started_ns: u64,
-    lost_at_start: u64,
-    undecodable_at_start: u64,
 }
 
 pub struct Session {
@@ -71,8 +70,9 @@ pub struct Session {
     pub agg: Aggregator,
     pub reasons: ResetReasons,
     pub clock: Clock,
-    /// A second aggregator that starts afresh every report interval (the
-    /// daemon's reports), beside the cumulative one (watch, /metrics).
+    /// The daemon's report intervals: each report is the cumulative
+    /// aggregator minus its copy from the interval's start, so every event
+    /// is aggregated once.
     interval: Option<Interval>,
     /// Sockets are keyed by cookie, the same id sock_diag reports, so the
     /// census can seed and prune the tracker (not so with classic hooks).
@@ -121,9 +121,6 @@ impl Session {
     pub fn set_findings(&mut self, cfg: &FindingsConfig) {
         let long = cfg.half_open_after_ns();
         self.agg.set_long_established_ns(long);
-        if let Some(i) = &mut self.interval {
-            i.agg.set_long_established_ns(long);
-        }
         self.findings = FindingsConfig {
             ephemeral: self.agg.config().ephemeral.clone(),
             ..cfg.clone()
@@ -138,7 +135,6 @@ impl Session {
     /// refreshes the lost count. Returns the number of records.
     pub fn drain(&mut self) -> Result<usize> {
         let (tracker, agg) = (&mut self.tracker, &mut self.agg);
-        let mut interval = self.interval.as_mut().map(|i| &mut i.agg);
         let mut flight = self.flight.as_mut();
         let n = self.reader.drain(|bytes| {
             if let Some(f) = flight.as_deref_mut() {
@@ -148,9 +144,6 @@ impl Session {
                 Ok(ev) => {
                     let note = tracker.observe(&ev);
                     agg.add(&ev, &note, tracker);
-                    if let Some(i) = interval.as_deref_mut() {
-                        i.add(&ev, &note, tracker);
-                    }
                 }
                 Err(e) => {
                     log::debug!("undecodable record: {e}");
@@ -163,15 +156,13 @@ impl Session {
             f.set_lost(lost);
         }
         self.agg.set_lost(lost);
-        if let Some(i) = &mut self.interval {
-            i.agg.set_lost(lost.saturating_sub(i.lost_at_start));
-        }
         Ok(n)
     }
 
     /// The cumulative snapshot (since tracing started), with its findings
     /// over that whole time.
     pub fn snapshot(&mut self) -> Snapshot {
+        self.refresh_lost();
         let now = Clock::monotonic_now_ns();
         let time = self.clock.wall_ms(now);
         let mut snap = self.agg.snapshot(&self.tracker, now, time, &self.reasons);
@@ -179,32 +170,39 @@ impl Session {
         snap
     }
 
-    /// Starts keeping per-interval aggregates beside the cumulative ones.
-    pub fn start_intervals(&mut self) {
-        self.interval = Some(self.new_interval());
+    /// Reads every lost counter now (drains may use a value up to 100 ms
+    /// old), so that reports end exact.
+    fn refresh_lost(&mut self) {
+        match self.tracer.lost_events_now() {
+            Ok(lost) => self.agg.set_lost(lost),
+            Err(e) => log::warn!("lost events: {e:#}; the count shown may be up to 100 ms old"),
+        }
     }
 
-    fn new_interval(&self) -> Interval {
-        let now = Clock::monotonic_now_ns();
+    /// Starts report intervals (see [`Session::end_interval`]).
+    pub fn start_intervals(&mut self) {
+        self.interval = Some(self.new_interval(Clock::monotonic_now_ns()));
+    }
+
+    fn new_interval(&self, now: u64) -> Interval {
         Interval {
-            agg: Aggregator::new(self.agg.config().clone(), now),
+            base: self.agg.clone(),
             started_ns: now,
-            lost_at_start: self.agg.lost(),
-            undecodable_at_start: self.agg.undecodable(),
         }
     }
 
     /// The snapshot of the interval that ends now (its duration in seconds),
     /// and a new interval begins. Sockets and census are the current ones.
     pub fn end_interval(&mut self) -> Option<(Snapshot, f64)> {
-        let next = self.new_interval();
-        let mut done = std::mem::replace(self.interval.as_mut()?, next);
+        self.refresh_lost();
         let now = Clock::monotonic_now_ns();
+        // Handshakes that failed by now count in this interval.
+        self.agg.settle(now);
+        let next = self.new_interval(now);
+        let done = std::mem::replace(self.interval.as_mut()?, next);
         let time = self.clock.wall_ms(now);
-        done.agg.set_census(self.agg.census().clone());
-        done.agg
-            .add_undecodable(self.agg.undecodable() - done.undecodable_at_start);
-        let mut snap = done.agg.snapshot(&self.tracker, now, time, &self.reasons);
+        let mut agg = self.agg.since(&done.base, done.started_ns);
+        let mut snap = agg.snapshot(&self.tracker, now, time, &self.reasons);
         let interval_s = now.saturating_sub(done.started_ns) as f64 / 1e9;
         // Events counted over the interval; sockets now and ages as of now.
         snap.findings = findings::evaluate(&snap, interval_s, &self.findings);
