@@ -61,10 +61,11 @@ pub struct TraceArgs {
     /// How often the ring buffer is drained when no wake-up arrives.
     #[arg(long, default_value = "10ms", value_parser = parse_duration, value_name = "DURATION")]
     pub poll_interval: Duration,
-    /// Ring buffers (1-4); CPU c writes to ring c % N. More than one spares
-    /// many-core hosts contention on one ring, at the cost of merging by time.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4), value_name = "N")]
-    pub rings: u32,
+    /// Ring buffers (1-4) [default: one per CPU, up to 4]; CPU c writes to
+    /// ring c % N. More than one spares the CPUs contention on one ring's
+    /// lock, at the cost of merging by time.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4), value_name = "N")]
+    pub rings: Option<u32>,
     /// BTF file to read reset-reason names from.
     #[arg(
         long,
@@ -82,7 +83,7 @@ impl TraceArgs {
             // Wake the reader early once a quarter of the ring waits unread.
             wakeup_bytes: u64::from(self.ring_size / 4),
             hooks: self.hooks,
-            rings: self.rings,
+            rings: self.rings.unwrap_or_else(crate::loader::default_rings),
             ..TracerConfig::default()
         }
     }
@@ -231,7 +232,7 @@ pub struct DaemonArgs {
     /// Tracepoint flavour [default: auto].
     #[arg(long, value_enum)]
     pub hooks: Option<HookMode>,
-    /// Ring buffers, 1-4 [default: 1].
+    /// Ring buffers, 1-4 [default: one per CPU, up to 4].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4), value_name = "N")]
     pub rings: Option<u32>,
     /// Drain interval of the ring buffer [default: 10ms].

@@ -189,9 +189,12 @@ impl DaemonConfig {
                     .poll_interval
                     .or(file.poll_interval)
                     .unwrap_or(crate::reader::DEFAULT_POLL),
-                rings: match args.rings.or(file.rings).unwrap_or(1) {
-                    n @ 1..=4 => n,
-                    n => return Err(ConfigError(format!("config: rings: {n} is not in 1..=4"))),
+                rings: match args.rings.or(file.rings) {
+                    None => None,
+                    Some(n @ 1..=4) => Some(n),
+                    Some(n) => {
+                        return Err(ConfigError(format!("config: rings: {n} is not in 1..=4")));
+                    }
                 },
                 btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
             },

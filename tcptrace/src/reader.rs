@@ -22,10 +22,9 @@ pub const DEFAULT_POLL: Duration = Duration::from_millis(10);
 pub struct Reader {
     rings: Vec<AsyncFd<RingBuf<MapData>>>,
     poll: Duration,
-    /// With several rings: the records of one drain, and (timestamp, offset,
-    /// length) of each, reused between drains so merging allocates nothing.
-    merge_bytes: Vec<u8>,
-    merge_index: Vec<(u64, usize, usize)>,
+    /// With several rings: the next record of each, copied out (reused
+    /// between drains, so merging allocates nothing).
+    heads: Vec<Vec<u8>>,
 }
 
 impl Reader {
@@ -42,10 +41,9 @@ impl Reader {
         }
         let rings = registered;
         Ok(Self {
+            heads: vec![Vec::new(); rings.len()],
             rings,
             poll,
-            merge_bytes: Vec::new(),
-            merge_index: Vec::new(),
         })
     }
 
@@ -67,10 +65,10 @@ impl Reader {
     }
 
     /// Hands every record waiting in every ring to `f`; returns how many.
-    /// One ring is already in order. Records of several rings are merged by
-    /// their kernel timestamp (the first 8 bytes), so that one socket's events,
-    /// written from different CPUs, reach the tracker in the order they
-    /// happened.
+    /// One ring is already in order. Several are merged by their records'
+    /// kernel timestamp (the first 8 bytes), each ring being in time order
+    /// itself, so that one socket's events, written from different CPUs,
+    /// reach the tracker in the order they happened.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         if let [only] = self.rings.as_mut_slice() {
             let ring = only.get_mut();
@@ -81,30 +79,54 @@ impl Reader {
             }
             return n;
         }
-        self.merge_bytes.clear();
-        self.merge_index.clear();
-        for ring in &mut self.rings {
-            let ring = ring.get_mut();
-            while let Some(item) = ring.next() {
-                let ts = item
-                    .get(..8)
-                    .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])));
-                self.merge_index
-                    .push((ts, self.merge_bytes.len(), item.len()));
-                self.merge_bytes.extend_from_slice(&item);
-            }
-        }
-        merge(&self.merge_bytes, &mut self.merge_index, &mut f)
+        let rings = &mut self.rings;
+        merge(
+            &mut self.heads,
+            |i, buf| match rings[i].get_mut().next() {
+                Some(item) => {
+                    buf.extend_from_slice(&item);
+                    true
+                }
+                None => false,
+            },
+            &mut f,
+        )
     }
 }
 
-/// Calls `f` on each record of `bytes` in timestamp order (stable for ties).
-fn merge(bytes: &[u8], index: &mut [(u64, usize, usize)], f: &mut impl FnMut(&[u8])) -> usize {
-    index.sort_by_key(|(ts, _, _)| *ts);
-    for (_, at, len) in index.iter() {
-        f(&bytes[*at..*at + *len]);
+/// The kernel timestamp that starts a record.
+fn timestamp(record: &[u8]) -> u64 {
+    record
+        .get(..8)
+        .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+}
+
+/// Merges sources that are each in time order: `next(i, buf)` appends
+/// source i's next record to `buf` (false when it has none), and `f` gets
+/// every record, oldest first; ties go to the lower source. A record is
+/// copied out of its ring as soon as it is a head, so that every ring's
+/// slot is released at once. One comparison per source and record: for the
+/// few rings a host uses, cheaper than sorting a drain.
+fn merge(
+    heads: &mut [Vec<u8>],
+    mut next: impl FnMut(usize, &mut Vec<u8>) -> bool,
+    f: &mut impl FnMut(&[u8]),
+) -> usize {
+    for (i, head) in heads.iter_mut().enumerate() {
+        head.clear();
+        next(i, head);
     }
-    index.len()
+    let mut n = 0;
+    while let Some(i) = (0..heads.len())
+        .filter(|&i| !heads[i].is_empty())
+        .min_by_key(|&i| timestamp(&heads[i]))
+    {
+        f(&heads[i]);
+        n += 1;
+        heads[i].clear();
+        next(i, &mut heads[i]);
+    }
+    n
 }
 
 #[cfg(test)]
@@ -118,21 +140,23 @@ mod tests {
             r.push(tag);
             r
         };
-        // Ring 0 then ring 1, as drained.
-        let records = [rec(30, b'a'), rec(10, b'b'), rec(20, b'c'), rec(10, b'd')];
-        let mut bytes = Vec::new();
-        let mut index = Vec::new();
-        for r in &records {
-            index.push((
-                u64::from_ne_bytes(r[..8].try_into().unwrap()),
-                bytes.len(),
-                r.len(),
-            ));
-            bytes.extend_from_slice(r);
-        }
+        // Each ring in time order, as the kernel writes them.
+        let mut rings = [
+            vec![rec(10, b'a'), rec(30, b'c'), rec(40, b'e')],
+            vec![rec(10, b'b'), rec(35, b'd')],
+            vec![],
+            vec![rec(50, b'f')],
+        ]
+        .map(std::collections::VecDeque::from);
+        let mut heads = vec![Vec::new(); rings.len()];
         let mut seen = Vec::new();
-        let n = merge(&bytes, &mut index, &mut |r: &[u8]| seen.push(r[8]));
-        assert_eq!(n, 4);
-        assert_eq!(seen, b"bdca", "by time; equal times keep drain order");
+        let n = merge(
+            &mut heads,
+            |i, buf| rings[i].pop_front().map(|r| buf.extend(r)).is_some(),
+            &mut |r: &[u8]| seen.push(r[8]),
+        );
+        assert_eq!(n, 6);
+        assert_eq!(seen, b"abcdef", "by time; equal times go to the lower ring");
+        assert!(rings.iter().all(std::collections::VecDeque::is_empty));
     }
 }

@@ -558,10 +558,11 @@ fn targets(m: &Medians) -> String {
     );
     let _ = writeln!(
         out,
-        "  events lost             {:>8.0} ring + {:.0} recursion misses  target 0  {}",
+        "  events lost             {:>8.0}             target 0  {}  ({:.0} ring full + {:.0} recursion misses)",
         m.lost,
+        mark(m.lost == 0.0),
+        (m.lost - m.missed).max(0.0),
         m.missed,
-        mark(m.lost == 0.0 && m.missed == 0.0)
     );
     match m.kernel_ns {
         Some(k) => {
@@ -593,8 +594,8 @@ const LEGEND: &str = "columns: untr/traced c/s = connections/s without/with the 
 namespace's kernel counters (a reset beyond the mode's own that hits a full socket adds a recv_reset the \
 counters cannot show, so seen may exceed expected by up to the extra resets); seen = the namespace's events \
 in the daemon's reports (--netns); read = events the daemon read during the churn (its /metrics; --netns \
-filters in the kernel, so this namespace's only); lost = ring buffer full; missed = BPF program runs the \
-kernel skipped (recursion_misses: silent losses); user/sys ns = daemon CPU per event read; kernel ns = BPF \
+filters in the kernel, so this namespace's only); lost = events lost as the daemon reports them (ring buffer \
+full + missed); missed = BPF program runs the kernel skipped (recursion_misses); user/sys ns = daemon CPU per event read; kernel ns = BPF \
 run_time_ns / run_cnt; HWM = daemon peak RSS";
 
 /// Columns: "seen" = events of the benchmark's namespace in the daemon's

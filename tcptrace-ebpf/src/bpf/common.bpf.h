@@ -207,6 +207,19 @@ static __always_inline void event_submit(struct tcptrace_event *e)
 	bpf_ringbuf_submit(e, flags);
 }
 
+/*
+ * The socket cookie, for tp_btf programs. bpf_get_socket_cookie() generates
+ * it on a socket's first use (net/core/sock_diag.c: __sock_gen_cookie) and
+ * stores it in skc_cookie; after that a plain load reads it, sparing every
+ * later event of the socket a helper call.
+ */
+static __always_inline __u64 sock_cookie(struct sock *sk)
+{
+	__u64 cookie = sk->__sk_common.skc_cookie.counter;
+
+	return cookie ? cookie : bpf_get_socket_cookie(sk);
+}
+
 /* The current task; meaningful only in process context (connect, listen). */
 static __always_inline void event_fill_task(struct tcptrace_event *e)
 {

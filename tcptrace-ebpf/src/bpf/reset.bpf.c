@@ -109,7 +109,7 @@ int handle_tcp_send_reset(__u64 *ctx)
 	const struct sk_buff *skb = (const struct sk_buff *)ctx[1];
 	bool has_reason = bpf_core_type_exists(enum sk_rst_reason);
 	__u32 reason = has_reason ? (__u32)ctx[2] : 0;
-	__u64 cookie = sk ? bpf_get_socket_cookie(sk) : 0;
+	__u64 cookie = sk ? sock_cookie(sk) : 0;
 	/* NULL unless a full TCP socket: timewait and request sockets. */
 	const struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : NULL;
 
@@ -124,7 +124,7 @@ int BPF_PROG(handle_tcp_receive_reset, struct sock *sk)
 	const struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 
 	if (tp)
-		emit_receive_reset(sk, &tp->inet_conn.icsk_inet, bpf_get_socket_cookie(sk), 0, true);
+		emit_receive_reset(sk, &tp->inet_conn.icsk_inet, sock_cookie(sk), 0, true);
 	return 0;
 }
 

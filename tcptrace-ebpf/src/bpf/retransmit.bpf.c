@@ -62,7 +62,7 @@ static __always_inline void emit_retrans(const struct tcp_sock *tp, __u64 sock_i
 SEC("tp_btf/tcp_retransmit_synack")
 int BPF_PROG(handle_tcp_retransmit_synack, struct sock *sk, const struct request_sock *req)
 {
-	emit_synack(bpf_get_socket_cookie(sk), 0, req, true);
+	emit_synack(sock_cookie(sk), 0, req, true);
 	return 0;
 }
 
@@ -72,7 +72,7 @@ int BPF_PROG(handle_tcp_retransmit_skb, struct sock *sk)
 	const struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 
 	if (tp)
-		emit_retrans(tp, bpf_get_socket_cookie(sk), 0, true);
+		emit_retrans(tp, sock_cookie(sk), 0, true);
 	return 0;
 }
 

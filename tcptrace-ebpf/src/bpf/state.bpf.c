@@ -68,7 +68,7 @@ int BPF_PROG(handle_inet_sock_set_state, struct sock *sk, int oldstate, int news
 
 	if (!tp)
 		return 0;
-	emit_state(tp, bpf_get_socket_cookie(sk), 0, oldstate, newstate, true);
+	emit_state(tp, sock_cookie(sk), 0, oldstate, newstate, true);
 	return 0;
 }
 
