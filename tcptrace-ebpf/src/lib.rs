@@ -82,6 +82,7 @@ impl RawEvent {
     ///
     /// This is the only place that reinterprets kernel bytes: a length check,
     /// then an unaligned read of a plain-old-data struct.
+    #[inline]
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         if bytes.len() < size_of::<Self>() {
             return None;
