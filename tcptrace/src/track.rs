@@ -251,6 +251,10 @@ impl Tracker {
             }
             sock.state = new;
             sock.since_ns = Some(ev.ts_ns);
+            // The latest tuple: CLOSE->SYN_SENT shows local port 0, before
+            // connect() picks one.
+            sock.local = ev.local;
+            sock.remote = ev.remote;
             return Note {
                 dwell_ns,
                 new_life,
@@ -375,6 +379,20 @@ mod tests {
             note.owner.as_ref().map(|o| o.comm.to_string()),
             Some("server".to_string())
         );
+    }
+
+    #[test]
+    fn a_socket_takes_the_port_connect_picked() {
+        let mut t = Tracker::new(100);
+        let mut connect = state(0, 9, Close, SynSent);
+        connect.local.set_port(0);
+        t.observe(&connect);
+        assert_eq!(t.get(9).unwrap().local.port(), 0);
+        let note = t.observe(&state(40, 9, SynSent, Established));
+        assert_eq!(note.dwell_ns, Some(40));
+        let sock = t.get(9).unwrap();
+        assert_eq!((sock.local.port(), sock.state), (8080, Established));
+        assert_eq!((sock.since_ns, sock.first_seen_ns), (Some(40), 0));
     }
 
     #[test]

@@ -689,8 +689,8 @@ fn unit_config_logrotate_and_sysusers_agree_on_paths_user_and_group() {
 
 /// Keys whose commented-out line shows an example, not a default: without
 /// them the daemon runs as root, in every namespace, with the host's
-/// net.ipv4.tcp_synack_retries.
-const NO_DEFAULT: [&str; 3] = ["user", "netns", "synack_retries"];
+/// net.ipv4.tcp_synack_retries, and with one ring per CPU (up to 4).
+const NO_DEFAULT: [&str; 4] = ["user", "netns", "synack_retries", "rings"];
 
 /// One `key = value` line of the example.
 #[derive(Debug)]
