@@ -532,16 +532,22 @@ fn two_rings_give_the_same_sequences_merged_by_time() {
     let done: Vec<OpenClose> = runs.into_iter().flat_map(|h| h.join().unwrap()).collect();
     let events = trace.stop_json();
     for oc in &done {
-        let client = oc.client.to_string();
+        // Matched by both ends: the kernel may give two clients the same
+        // local port when their listeners differ.
+        let (client, listener) = (oc.client.to_string(), oc.listener.to_string());
         let est = the(&events, "client ESTABLISHED", |e| {
-            state_is(e, "SYN_SENT", "ESTABLISHED") && e["local"] == client.as_str()
+            state_is(e, "SYN_SENT", "ESTABLISHED")
+                && e["local"] == client.as_str()
+                && e["remote"] == listener.as_str()
         });
         assert_eq!(
             transitions(&by_sock(&events, &est["sock"])),
             CLIENT_CLOSES_FIRST
         );
         let child = the(&events, "server child", |e| {
-            state_is(e, "LISTEN", "SYN_RECV") && e["remote"] == client.as_str()
+            state_is(e, "LISTEN", "SYN_RECV")
+                && e["remote"] == client.as_str()
+                && e["local"] == listener.as_str()
         });
         assert_eq!(
             transitions(&by_sock(&events, &child["sock"])),
