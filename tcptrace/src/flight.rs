@@ -24,7 +24,7 @@ use crate::session::Session;
 use crate::snapshot::Snapshot;
 use crate::tcp::TcpState;
 
-/// Records kept by default: ~22 MB (112 bytes each).
+/// Records kept by default: ~26 MB (a 128-byte slot each).
 pub const DEFAULT_FLIGHT_EVENTS: usize = 200_000;
 /// Where dumps go without `--flight-dir` or `--output`.
 pub const DEFAULT_FLIGHT_DIR: &str = "/var/lib/tcptrace";
@@ -32,8 +32,8 @@ pub const DEFAULT_FLIGHT_DIR: &str = "/var/lib/tcptrace";
 /// The daemon's flight-recorder flags (flags only; not in the config file).
 #[derive(Clone, Debug, clap::Args)]
 pub struct FlightArgs {
-    /// Events the flight recorder keeps in memory, 112 bytes each (the
-    /// default is ~22 MB); 0 turns it off.
+    /// Events the flight recorder keeps in memory, 128 bytes each (the
+    /// default is ~26 MB); 0 turns it off.
     #[arg(long, default_value_t = DEFAULT_FLIGHT_EVENTS, value_name = "N")]
     pub flight_events: usize,
     /// Directory for flight recordings [default: the directory of --output,
@@ -156,19 +156,27 @@ pub struct FlightRecorder {
     prev_resets: Option<(u64, Instant)>,
 }
 
-/// One kept record, 16-byte aligned for streaming stores.
-#[derive(Clone, Copy)]
-#[repr(C, align(16))]
-struct Slot([u8; EVENT_SIZE]);
+/// Bytes a kept record takes: whole cache lines, so that streaming stores
+/// fill complete lines (a partly written line costs the memory controller a
+/// read-modify-write).
+const SLOT_BYTES: usize = EVENT_SIZE.next_multiple_of(64);
 
-const _: () = assert!(
-    EVENT_SIZE.is_multiple_of(16),
-    "a Slot is written 16 bytes at a time"
-);
+/// One kept record, cache-line aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Slot([u8; SLOT_BYTES]);
 
 impl Slot {
+    const EMPTY: Slot = Slot([0; SLOT_BYTES]);
+
+    fn record(&self) -> &[u8; EVENT_SIZE] {
+        self.0
+            .first_chunk()
+            .expect("a slot is at least a record long")
+    }
+
     /// Writes `rec` past the caches (x86-64 streaming stores): the recorder
-    /// writes ~22 MB in a circle and reads it only for a dump, so caching
+    /// writes ~26 MB in a circle and reads it only for a dump, so caching
     /// it would only evict the tracker's and aggregator's working set, and
     /// each line would first be read from memory for nothing.
     fn store(&mut self, rec: &Slot) {
@@ -177,9 +185,9 @@ impl Slot {
             use std::arch::x86_64::{__m128i, _mm_load_si128, _mm_stream_si128};
             let src = std::ptr::from_ref(rec).cast::<__m128i>();
             let dst = std::ptr::from_mut(self).cast::<__m128i>();
-            for i in 0..EVENT_SIZE / 16 {
-                // SAFETY: SSE2 is part of x86_64; both Slots are 16-byte
-                // aligned and span EVENT_SIZE bytes.
+            for i in 0..SLOT_BYTES / 16 {
+                // SAFETY: SSE2 is part of x86_64; both Slots are 64-byte
+                // aligned and span SLOT_BYTES bytes.
                 unsafe { _mm_stream_si128(dst.add(i), _mm_load_si128(src.add(i))) };
             }
         }
@@ -213,7 +221,9 @@ impl FlightRecorder {
         });
         Ok(Some(Self {
             cap: args.flight_events,
-            ring: Vec::new(),
+            // Reserved once: untouched pages cost no memory, and growing a
+            // Vec of 64-byte-aligned slots would copy it (no mremap there).
+            ring: Vec::with_capacity(args.flight_events),
             head: 0,
             seq: 0,
             lost: lost_now,
@@ -244,7 +254,7 @@ impl FlightRecorder {
             Some(f) => log::info!(
                 "flight recorder: the last {} events (~{} MB), dumped to {} on SIGUSR2{}",
                 f.cap,
-                f.cap * EVENT_SIZE / 1_000_000,
+                f.cap * SLOT_BYTES / 1_000_000,
                 f.dir.display(),
                 f.triggers
                     .iter()
@@ -266,13 +276,7 @@ impl FlightRecorder {
         }
         let n = bytes.len().min(EVENT_SIZE);
         let slot = if self.ring.len() < self.cap {
-            if self.ring.len() == self.ring.capacity() {
-                // Grow in steps, never past the cap.
-                let step = self.ring.len().clamp(1024, 1 << 16);
-                self.ring
-                    .reserve_exact(step.min(self.cap - self.ring.len()));
-            }
-            self.ring.push(Slot([0; EVENT_SIZE]));
+            self.ring.push(Slot::EMPTY);
             self.ring.len() - 1
         } else {
             let at = self.head;
@@ -280,7 +284,7 @@ impl FlightRecorder {
             self.head = if at + 1 == self.cap { 0 } else { at + 1 };
             at
         };
-        let mut rec = Slot([0; EVENT_SIZE]);
+        let mut rec = Slot::EMPTY;
         rec.0[..n].copy_from_slice(&bytes[..n]);
         self.ring[slot].store(&rec);
         self.seq += 1;
@@ -323,7 +327,7 @@ impl FlightRecorder {
         self.ring[self.head..]
             .iter()
             .chain(&self.ring[..self.head])
-            .map(|s| &s.0)
+            .map(Slot::record)
     }
 
     /// Checks the triggers against the cumulative snapshot (before any port
