@@ -24,6 +24,9 @@ use crate::session::Session;
 use crate::snapshot::Snapshot;
 use crate::tcp::TcpState;
 
+/// Most records the recorder may keep: its ring is reserved up front.
+pub const MAX_FLIGHT_EVENTS: usize = 20_000_000;
+
 /// Records kept by default: ~26 MB (a 128-byte slot each).
 pub const DEFAULT_FLIGHT_EVENTS: usize = 200_000;
 /// Where dumps go without `--flight-dir` or `--output`.
@@ -53,6 +56,13 @@ pub struct FlightArgs {
 impl FlightArgs {
     /// Flags that parse but do not go together (exit code 2, like clap's).
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.flight_events > MAX_FLIGHT_EVENTS {
+            return Err(ConfigError(format!(
+                "--flight-events {}: at most {MAX_FLIGHT_EVENTS} (~{:.1} GB of memory)",
+                self.flight_events,
+                (MAX_FLIGHT_EVENTS * SLOT_BYTES) as f64 / 1e9
+            )));
+        }
         if self.flight_events == 0 && !self.triggers.is_empty() {
             return Err(ConfigError(
                 "--trigger needs the flight recorder: --flight-events must be above 0".into(),
@@ -626,6 +636,13 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.0.contains("--flight-events must be above 0"));
+        let e = FlightRecorder::new(&args(&["--flight-events", "20000001"]), None, None, 0, 0)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.0,
+            "--flight-events 20000001: at most 20000000 (~2.6 GB of memory)"
+        );
     }
 
     fn record(ts_ns: u64, netns: u32, port: u16) -> [u8; EVENT_SIZE] {

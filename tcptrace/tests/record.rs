@@ -614,6 +614,10 @@ fn bad_flight_recorder_flags_exit_2() {
             ][..],
             "--flight-events must be above 0",
         ),
+        (
+            &["daemon", "--flight-events", "20000001"][..],
+            "--flight-events 20000001: at most 20000000",
+        ),
         (&["record"][..], "--output <FILE>"),
         (
             &["events", "--from", "x", "--duration", "1s"][..],
