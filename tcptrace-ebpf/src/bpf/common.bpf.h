@@ -29,11 +29,11 @@
  * after the ring buffer. `direct` is a constant at every call site, so after
  * inlining each program keeps only its own kind of read.
  */
-#define KREAD(direct, expr)                                         \
-	((direct) ? (expr) : ({                                     \
-		__typeof_unqual__(expr) v_ = 0;                          \
-		bpf_core_read(&v_, sizeof(v_), &(expr));            \
-		v_;                                                 \
+#define KREAD(direct, expr)                                  \
+	((direct) ? (expr) : ({                              \
+		__typeof_unqual__(expr) v_ = 0;              \
+		bpf_core_read(&v_, sizeof(v_), &(expr));     \
+		v_;                                          \
 	}))
 
 #define AF_INET 2

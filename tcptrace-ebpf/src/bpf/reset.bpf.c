@@ -6,6 +6,13 @@
  */
 #include "common.bpf.h"
 
+/* The device's namespace, for a reset sent without a socket (rare: read
+ * through probes whatever the program type). */
+static __always_inline __u32 skb_netns(const struct sk_buff *skb)
+{
+	return net_inum(BPF_CORE_READ(skb, dev, nd_net.net), false);
+}
+
 /*
  * sk is NULL when no socket matched the packet (the NO_SOCKET reset of a
  * connect to a closed port), and may be a request or timewait socket: only its
@@ -15,13 +22,6 @@
  * so the state read here is CLOSE: userspace takes the state before the reset
  * from the socket's previous transition.
  */
-/* The device's namespace, for a reset sent without a socket (rare: read
- * through probes whatever the program type). */
-static __always_inline __u32 skb_netns(const struct sk_buff *skb)
-{
-	return net_inum(BPF_CORE_READ(skb, dev, nd_net.net), false);
-}
-
 /* The filters for a reset: the socket's, or for a packet without one its
  * device's namespace and its ports. */
 static __always_inline bool reset_wanted(const struct sock *sk, const struct inet_sock *inet,
