@@ -28,7 +28,7 @@ use criterion::{BatchSize, Criterion, Throughput};
 use tcptrace::aggregate::{Aggregator, AggregatorConfig};
 use tcptrace::event::{self, Detail, Event, Task};
 use tcptrace::flight::{DEFAULT_FLIGHT_EVENTS, FlightArgs, FlightRecorder};
-use tcptrace::session::MAX_TRACKED_SOCKETS;
+use tcptrace::session::{self, MAX_TRACKED_SOCKETS};
 use tcptrace::tcp::{Family, TcpState};
 use tcptrace::track::Tracker;
 
@@ -300,8 +300,7 @@ fn flight_recorder() -> FlightRecorder {
         .expect("the default flight recorder is on")
 }
 
-/// Feeds every record to the flight recorder if any, the tracker and the
-/// aggregator, as `Session::drain` does.
+/// Feeds every record through the daemon's per-event path.
 fn replay_into(
     bytes: &[u8],
     size: usize,
@@ -310,20 +309,11 @@ fn replay_into(
     agg: &mut Aggregator,
 ) {
     for rec in bytes.chunks_exact(size) {
-        if let Some(f) = flight.as_deref_mut() {
-            f.push(rec);
-        }
-        match event::decode(rec) {
-            Ok(ev) => {
-                let note = tracker.observe(&ev);
-                agg.add(&ev, &note, tracker);
-            }
-            Err(_) => agg.add_undecodable(1),
-        }
+        session::ingest(rec, flight.as_deref_mut(), tracker, agg);
     }
 }
 
-/// A tracker and aggregators that have seen the stream once: every port's
+/// A tracker and aggregator that have seen the stream once: every port's
 /// rows and histograms exist, as in a daemon that has been running a while.
 fn warm() -> (Tracker, Aggregator, Vec<u8>, usize) {
     let (bytes, n) = stream();

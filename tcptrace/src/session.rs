@@ -136,21 +136,9 @@ impl Session {
     pub fn drain(&mut self) -> Result<usize> {
         let (tracker, agg) = (&mut self.tracker, &mut self.agg);
         let mut flight = self.flight.as_mut();
-        let n = self.reader.drain(|bytes| {
-            if let Some(f) = flight.as_deref_mut() {
-                f.push(bytes);
-            }
-            match event::decode(bytes) {
-                Ok(ev) => {
-                    let note = tracker.observe(&ev);
-                    agg.add(&ev, &note, tracker);
-                }
-                Err(e) => {
-                    log::debug!("undecodable record: {e}");
-                    agg.add_undecodable(1);
-                }
-            }
-        });
+        let n = self
+            .reader
+            .drain(|bytes| ingest(bytes, flight.as_deref_mut(), tracker, agg));
         let lost = self.tracer.lost_events()?;
         if let Some(f) = &mut self.flight {
             f.set_lost(lost);
@@ -249,6 +237,31 @@ impl Session {
             if pruned > 0 {
                 log::debug!("pruned {pruned} tracked sockets the census no longer sees");
             }
+        }
+    }
+}
+
+/// The per-event path of the daemon and `watch`: keeps the record in the
+/// flight recorder if any, decodes it, tracks it and aggregates it (the
+/// replay benchmark measures exactly this).
+#[inline]
+pub fn ingest(
+    record: &[u8],
+    flight: Option<&mut crate::flight::FlightRecorder>,
+    tracker: &mut Tracker,
+    agg: &mut Aggregator,
+) {
+    if let Some(f) = flight {
+        f.push(record);
+    }
+    match event::decode(record) {
+        Ok(ev) => {
+            let note = tracker.observe(&ev);
+            agg.add(&ev, &note, tracker);
+        }
+        Err(e) => {
+            log::debug!("undecodable record: {e}");
+            agg.add_undecodable(1);
         }
     }
 }
