@@ -12,8 +12,8 @@ mod abi {
 }
 
 pub use abi::{
-    TCPTRACE_F_ADDR_ID as F_ADDR_ID, TCPTRACE_F_NO_SOCKET as F_NO_SOCKET,
-    TCPTRACE_F_REASON as F_REASON, TCPTRACE_F_TASK as F_TASK,
+    TCPTRACE_F_ADDR_ID as F_ADDR_ID, TCPTRACE_F_CAUGHT as F_CAUGHT,
+    TCPTRACE_F_NO_SOCKET as F_NO_SOCKET, TCPTRACE_F_REASON as F_REASON, TCPTRACE_F_TASK as F_TASK,
     TCPTRACE_RECV_RESET as KIND_RECV_RESET, TCPTRACE_RETRANS as KIND_RETRANS,
     TCPTRACE_SEND_RESET as KIND_SEND_RESET, TCPTRACE_STATE as KIND_STATE,
     TCPTRACE_SYNACK_RETRANS as KIND_SYNACK_RETRANS,
@@ -42,6 +42,11 @@ pub mod names {
     pub const NR_RINGS: &str = "nr_rings";
     /// Failed ring reservations: a mmapable array with one `u64` slot per CPU.
     pub const LOST_MAP: &str = "lost";
+    /// Skipped runs of the state program that its catcher handled: the same
+    /// shape as [`LOST_MAP`].
+    pub const CAUGHT_MAP: &str = "caught";
+    /// The program that handles state events the main one was skipped for.
+    pub const STATE_CATCHER: &str = "catch_inet_sock_set_state";
     /// `const volatile __u64`: bytes waiting in the ring that force a wake-up.
     pub const WAKEUP_BYTES: &str = "wakeup_bytes";
 }

@@ -82,6 +82,7 @@ impl Sock {
             ts_ns,
             sock_id: self.id,
             id_is_addr: false,
+            caught: false,
             netns: self.netns,
             family: Family::Ipv4,
             local: self.local,

@@ -44,6 +44,7 @@ fn ev(ts_ns: u64, id: u64, local: &str, remote: &str, detail: Detail) -> Event {
         ts_ns,
         sock_id: id,
         id_is_addr: false,
+        caught: false,
         netns: 1,
         family: Family::Ipv4,
         local: addr(local),

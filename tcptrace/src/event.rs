@@ -136,6 +136,10 @@ pub struct Event {
     pub sock_id: u64,
     /// The id is a reusable kernel address (classic tracepoints).
     pub id_is_addr: bool,
+    /// Written by the catcher program for an event the kernel skipped the
+    /// main one for (see state.bpf.c); rarely a repeat, which the tracker
+    /// recognises.
+    pub caught: bool,
     /// Network namespace inode, as in `ls -l /proc/PID/ns/net`.
     pub netns: u32,
     pub family: Family,
@@ -219,6 +223,7 @@ pub fn decode_raw(raw: &abi::RawEvent) -> Result<Event, DecodeError> {
         ts_ns: raw.ts_ns,
         sock_id: raw.sock_id,
         id_is_addr: raw.flags & abi::F_ADDR_ID != 0,
+        caught: raw.flags & abi::F_CAUGHT != 0,
         netns: raw.netns,
         family,
         local: SocketAddr::new(ip(family, &raw.saddr), raw.sport),
@@ -251,6 +256,9 @@ pub fn encode(event: &Event) -> abi::RawEvent {
     };
     if event.id_is_addr {
         raw.flags |= abi::F_ADDR_ID;
+    }
+    if event.caught {
+        raw.flags |= abi::F_CAUGHT;
     }
     put_ip(&mut raw.saddr, event.local.ip());
     put_ip(&mut raw.daddr, event.remote.ip());
@@ -329,6 +337,7 @@ mod tests {
             ts_ns: 123_456_789,
             sock_id: 0xdead_beef,
             id_is_addr: false,
+            caught: false,
             netns: 4_026_531_840,
             family: Family::Ipv4,
             local: v4([127, 0, 0, 1], 40312),
@@ -388,6 +397,7 @@ mod tests {
                 local: "[::1]:8080".parse().unwrap(),
                 remote: "[fe80::1]:5000".parse().unwrap(),
                 id_is_addr: true,
+                caught: true,
                 ..base(Detail::RecvReset {
                     state: TcpState::Established,
                 })

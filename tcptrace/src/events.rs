@@ -85,11 +85,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
             () = shutdown.recv() => true,
         };
         reader.drain(|bytes| printer.record(bytes));
-        let lost = if stopping {
-            tracer.lost_events_now()?
-        } else {
-            tracer.lost_events()?
-        };
+        let lost = tracer.lost_events(printer.tracker.repeats, stopping)?;
         let new = printer.lost(lost);
         if new > 0 {
             eprintln!(
@@ -182,8 +178,11 @@ impl<W: Write> Printer<W> {
                 return;
             }
         };
-        *self.counts.by_kind.entry(ev.kind()).or_default() += 1;
         let note = self.tracker.observe(&ev);
+        if note.repeat {
+            return;
+        }
+        *self.counts.by_kind.entry(ev.kind()).or_default() += 1;
         if self.result.is_ok() && self.filter.matches(&ev, &note) {
             self.counts.shown += 1;
             let line = if self.json {
@@ -247,6 +246,7 @@ mod tests {
             ts_ns,
             sock_id: sock,
             id_is_addr: false,
+            caught: false,
             netns: 7,
             family: Family::Ipv4,
             local: local.parse().unwrap(),

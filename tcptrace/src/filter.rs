@@ -58,6 +58,7 @@ mod tests {
             ts_ns: 0,
             sock_id: 1,
             id_is_addr: false,
+            caught: false,
             netns: 9,
             family: Family::Ipv4,
             local: format!("127.0.0.1:{lport}").parse().unwrap(),

@@ -220,6 +220,7 @@ mod tests {
             ts_ns: 2_000_000,
             sock_id: 77,
             id_is_addr: false,
+            caught: false,
             netns: 4_026_531_840,
             family: Family::Ipv4,
             local: "127.0.0.1:40312".parse().unwrap(),
@@ -263,6 +264,7 @@ mod tests {
             origin: Some(Origin::Passive),
             state_before: None,
             new_life: false,
+            repeat: false,
         };
         let line = text_line(&e, &note, clock(), &reasons());
         assert!(

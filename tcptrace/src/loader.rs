@@ -143,12 +143,16 @@ pub struct Tracer {
     /// Owns the programs and their links; kept alive for the tracer's lifetime.
     _ebpf: Ebpf,
     rings: Vec<RingBuf<MapData>>,
-    lost: LostCounter,
+    lost: CpuCounters,
+    /// Skipped state events the catcher program handled after all.
+    caught: CpuCounters,
+    /// Whether the catcher program is attached.
+    pub catcher: bool,
     /// /proc/self/fdinfo of our programs, which counts the runs the kernel
     /// skipped; kept open, so that a read is one pread, not a path lookup.
     fdinfo: Vec<std::fs::File>,
-    /// The last sum of those counts, and when it was read.
-    missed: std::cell::Cell<(u64, Option<std::time::Instant>)>,
+    /// The last sum of those counts and of catches, and when they were read.
+    missed: std::cell::Cell<((u64, u64), Option<std::time::Instant>)>,
     /// (tracepoint, how it was attached) for every hook that is live.
     pub attached: Vec<(&'static str, Attachment)>,
     /// One line per feature lost to a missing hook.
@@ -185,6 +189,7 @@ impl Tracer {
         loader
             .btf(Some(&btf))
             .map_max_entries(names::LOST_MAP, cpus as u32)
+            .map_max_entries(names::CAUGHT_MAP, cpus as u32)
             .override_global(names::WAKEUP_BYTES, &config.wakeup_bytes, true)
             .override_global(names::NR_RINGS, &rings, true)
             .override_global(names::FILTER_NETNS, &filter_netns, true)
@@ -220,6 +225,11 @@ impl Tracer {
             }
         }
 
+        let catcher = if attached.first() == Some(&("inet_sock_set_state", Attachment::Btf)) {
+            attach_catcher(&mut ebpf, &btf)
+        } else {
+            false
+        };
         let fdinfo = attached
             .iter()
             .filter_map(|(name, how)| {
@@ -241,14 +251,18 @@ impl Tracer {
             ring_bufs
                 .push(RingBuf::try_from(map).with_context(|| format!("open ring buffer {name}"))?);
         }
-        let lost = LostCounter::map(ebpf.take_map(names::LOST_MAP).context("lost map")?)
+        let lost = CpuCounters::map(ebpf.take_map(names::LOST_MAP).context("lost map")?)
             .context("map the lost-event counter")?;
+        let caught = CpuCounters::map(ebpf.take_map(names::CAUGHT_MAP).context("caught map")?)
+            .context("map the caught-event counter")?;
         Ok(Self {
             _ebpf: ebpf,
             rings: ring_bufs,
             fdinfo,
-            missed: std::cell::Cell::new((0, None)),
+            missed: std::cell::Cell::new(((0, 0), None)),
             lost,
+            caught,
+            catcher,
             attached,
             warnings,
         })
@@ -273,26 +287,36 @@ impl Tracer {
     /// plus program runs the kernel skipped because the same program was
     /// already running on that CPU (a softirq interrupting a process-context
     /// run; kernel/trace/bpf_trace.c: __bpf_trace_run counts them as
-    /// recursion misses). Both are read without a syscall on bpf(2): the ring
-    /// counter is mapped, the misses come from /proc/self/fdinfo, so this
-    /// keeps working after `--user` dropped every capability.
+    /// recursion misses) that the catcher program did not handle instead.
+    /// `repeats` are the catcher's records the tracker dropped
+    /// ([`crate::track::Tracker::repeats`]). All are read without a syscall
+    /// on bpf(2): the counters are mapped, the misses come from
+    /// /proc/self/fdinfo, so this keeps working after `--user` dropped every
+    /// capability.
     ///
-    /// The skipped runs are re-read at most every [`MISSES_REFRESH`]: this is
-    /// called on every drain, and five fdinfo reads each 10 ms are a cost of
-    /// their own. [`Tracer::lost_events_now`] reads them afresh.
-    pub fn lost_events(&self) -> Result<u64> {
-        let (missed, at) = self.missed.get();
-        if at.is_some_and(|at| at.elapsed() < MISSES_REFRESH) {
-            return Ok(self.lost.sum() + missed);
-        }
-        self.lost_events_now()
+    /// Unless `fresh` (for final figures), the skipped runs and catches are
+    /// re-read at most every [`MISSES_REFRESH`]: this is called on every
+    /// drain, and five fdinfo reads each 10 ms are a cost of their own.
+    pub fn lost_events(&self, repeats: u64, fresh: bool) -> Result<u64> {
+        let (skipped, at) = self.missed.get();
+        let skipped = match at {
+            Some(at) if !fresh && at.elapsed() < MISSES_REFRESH => skipped,
+            _ => {
+                // Catches first: the kernel counts a miss before the catcher
+                // runs, so misses read afterwards include every miss behind
+                // these catches.
+                let caught = self.caught.sum();
+                let skipped = (self.missed_runs()?, caught);
+                self.missed.set((skipped, Some(std::time::Instant::now())));
+                skipped
+            }
+        };
+        Ok(self.lost.sum() + uncaught(skipped, repeats))
     }
 
-    /// [`Tracer::lost_events`], every counter read now (for final figures).
-    pub fn lost_events_now(&self) -> Result<u64> {
-        let missed = self.missed_runs()?;
-        self.missed.set((missed, Some(std::time::Instant::now())));
-        Ok(self.lost.sum() + missed)
+    /// Skipped state events that the catcher program handled (0 without it).
+    pub fn caught_events(&self) -> u64 {
+        self.caught.sum()
     }
 
     /// Program runs the kernel skipped (recursion misses; the field exists
@@ -315,6 +339,14 @@ impl Tracer {
 /// How stale [`Tracer::lost_events`] may let the skipped-run count get.
 const MISSES_REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Skipped events that are lost: `(skipped runs, catches)` and the catches
+/// the tracker dropped as repeats. Every catch is a skipped run or a repeat,
+/// so this is exact; a repeat the tracker could not recognise (its socket
+/// untracked) only saturates it at 0.
+fn uncaught((skipped, caught): (u64, u64), repeats: u64) -> u64 {
+    (skipped + repeats).saturating_sub(caught)
+}
+
 /// A numeric field of an fdinfo file (`name:\tvalue`).
 fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
     info.lines()
@@ -328,7 +360,7 @@ fn page_size() -> usize {
 
 /// The `lost` array, mapped read-only into our memory: reading it needs no
 /// syscall and no privilege, so it keeps working after `--user` drops them.
-struct LostCounter {
+struct CpuCounters {
     /// Keeps the map (and so the mapping's backing) alive.
     _map: MapData,
     ptr: std::ptr::NonNull<u64>,
@@ -336,7 +368,7 @@ struct LostCounter {
     mapped: usize,
 }
 
-impl LostCounter {
+impl CpuCounters {
     fn map(map: Map) -> Result<Self> {
         let Map::Array(data) = map else {
             bail!("the lost map is not an array")
@@ -380,9 +412,9 @@ impl LostCounter {
 
 // SAFETY: the mapping is read-only and owned by this value; reading it from
 // another thread is as sound as from this one.
-unsafe impl Send for LostCounter {}
+unsafe impl Send for CpuCounters {}
 
-impl Drop for LostCounter {
+impl Drop for CpuCounters {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the region mapped in `map`.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
@@ -393,7 +425,7 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook, mode: HookMode) -> Result<Att
     let btf_attempt = if mode == HookMode::Classic {
         None
     } else {
-        Some(attach_btf(ebpf, btf, hook))
+        Some(attach_btf(ebpf, btf, hook.btf_program, hook.name))
     };
     match btf_attempt {
         Some(Ok(())) => Ok(Attachment::Btf),
@@ -409,16 +441,31 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook, mode: HookMode) -> Result<Att
     }
 }
 
-fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<()> {
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Result<()> {
     let prog: &mut BtfTracePoint = ebpf
-        .program_mut(hook.btf_program)
-        .ok_or_else(|| anyhow!("program {} missing from the object", hook.btf_program))?
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the object"))?
         .try_into()?;
-    prog.load(hook.name, btf)
-        .with_context(|| format!("load tp_btf/{}", hook.name))?;
+    prog.load(tracepoint, btf)
+        .with_context(|| format!("load tp_btf/{tracepoint}"))?;
     prog.attach()
-        .with_context(|| format!("attach tp_btf/{}", hook.name))?;
+        .with_context(|| format!("attach tp_btf/{tracepoint}"))?;
     Ok(())
+}
+
+/// Attaches the program that handles the state events the main one was
+/// skipped for (state.bpf.c). Without it those events are lost, and counted
+/// so: a warning, not an error.
+fn attach_catcher(ebpf: &mut Ebpf, btf: &Btf) -> bool {
+    let attached = attach_btf(ebpf, btf, names::STATE_CATCHER, "inet_sock_set_state");
+    if let Err(e) = &attached {
+        log::warn!(
+            "state events skipped by the kernel's recursion guard will be lost, not caught \
+             ({}: {e:#})",
+            names::STATE_CATCHER
+        );
+    }
+    attached.is_ok()
 }
 
 fn attach_classic(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
@@ -478,7 +525,19 @@ fn raise_memlock() {
 
 #[cfg(test)]
 mod tests {
-    use super::fdinfo_field;
+    use super::{fdinfo_field, uncaught};
+
+    #[test]
+    fn skipped_runs_are_lost_unless_caught_and_repeats_are_not_catches() {
+        // 10 skipped, 9 of them caught: 1 lost.
+        assert_eq!(uncaught((10, 9), 0), 1);
+        // 10 skipped, 12 catches of which 2 repeats of handled events: 0 lost.
+        assert_eq!(uncaught((10, 12), 2), 0);
+        // 10 skipped, 11 catches, 3 dropped repeats: 2 skipped ones lost.
+        assert_eq!(uncaught((10, 11), 3), 2);
+        // A repeat the tracker missed cannot make the count wrap.
+        assert_eq!(uncaught((10, 11), 0), 0);
+    }
 
     #[test]
     fn reads_recursion_misses_from_fdinfo() {

@@ -815,7 +815,9 @@ pub fn replay_report<R: Read>(reader: &mut RecordingReader<R>) -> Report {
                 Ok(ev) => {
                     last_ts = Some(last_ts.map_or(ev.ts_ns, |t: u64| t.max(ev.ts_ns)));
                     let note = tracker.observe(&ev);
-                    agg.add(&ev, &note, &tracker);
+                    if !note.repeat {
+                        agg.add(&ev, &note, &tracker);
+                    }
                 }
                 Err(e) => {
                     log::debug!("undecodable record: {e}");

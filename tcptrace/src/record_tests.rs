@@ -35,6 +35,7 @@ fn state(ts_ns: u64, sock: u64, local: &str, remote: &str, old: TcpState, new: T
         ts_ns,
         sock_id: sock,
         id_is_addr: false,
+        caught: false,
         netns: NS,
         family: Family::Ipv4,
         local: addr(local),

@@ -11,9 +11,12 @@ use anyhow::{Context, Result};
 
 use crate::cli::{RecordArgs, ReportArgs};
 use crate::clock::Clock;
+use crate::event;
 use crate::record::{Header, RecordingReader, RecordingWriter, raw_matches, replay_report};
 use crate::report::{self, Format};
+use crate::session::MAX_TRACKED_SOCKETS;
 use crate::signals::Shutdown;
+use crate::track::Tracker;
 use crate::watch::select_ports;
 
 /// How often collected records are written out and synced when blocks do
@@ -33,7 +36,7 @@ pub async fn record(args: RecordArgs) -> Result<()> {
     let path = &args.output;
     let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut header = Header::this_host("record", clock, &reasons, Clock::monotonic_now_ns());
-    header.lost_at_start = tracer.lost_events()?;
+    header.lost_at_start = tracer.lost_events(0, true)?;
     header.ports.clone_from(&args.ports);
     header.netns = args.netns;
     let mut writer = RecordingWriter::create(file, &header)
@@ -48,6 +51,7 @@ pub async fn record(args: RecordArgs) -> Result<()> {
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
     flush_tick.tick().await;
     let (mut seen, mut lost) = (0u64, header.lost_at_start);
+    let mut tracker = Tracker::new(MAX_TRACKED_SOCKETS);
     let outcome: io::Result<()> = loop {
         let (stopping, flush) = tokio::select! {
             () = reader.wait() => (deadline.is_some_and(|d| Instant::now() >= d), false),
@@ -57,15 +61,14 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         let mut result = Ok(());
         reader.drain(|bytes| {
             seen += 1;
-            if result.is_ok() && raw_matches(bytes, &args.ports, args.netns) {
+            // Tracked only to recognise the catcher's rare repeats, which
+            // must not reach the file (Tracker::repeats).
+            let repeat = event::decode(bytes).is_ok_and(|ev| tracker.observe(&ev).repeat);
+            if result.is_ok() && !repeat && raw_matches(bytes, &args.ports, args.netns) {
                 result = writer.push(bytes);
             }
         });
-        let now_lost = if stopping {
-            tracer.lost_events_now()?
-        } else {
-            tracer.lost_events()?
-        };
+        let now_lost = tracer.lost_events(tracker.repeats, stopping)?;
         if now_lost > lost {
             eprintln!(
                 "tcptrace: warning: {} events lost (ring buffer full, {} in all): raise --ring-size",

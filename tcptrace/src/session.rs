@@ -139,7 +139,7 @@ impl Session {
         let n = self
             .reader
             .drain(|bytes| ingest(bytes, flight.as_deref_mut(), tracker, agg));
-        let lost = self.tracer.lost_events()?;
+        let lost = self.tracer.lost_events(self.tracker.repeats, false)?;
         if let Some(f) = &mut self.flight {
             f.set_lost(lost);
         }
@@ -161,7 +161,7 @@ impl Session {
     /// Reads every lost counter now (drains may use a value up to 100 ms
     /// old), so that reports end exact.
     fn refresh_lost(&mut self) {
-        match self.tracer.lost_events_now() {
+        match self.tracer.lost_events(self.tracker.repeats, true) {
             Ok(lost) => self.agg.set_lost(lost),
             Err(e) => log::warn!("lost events: {e:#}; the count shown may be up to 100 ms old"),
         }
@@ -257,7 +257,9 @@ pub fn ingest(
     match event::decode(record) {
         Ok(ev) => {
             let note = tracker.observe(&ev);
-            agg.add(&ev, &note, tracker);
+            if !note.repeat {
+                agg.add(&ev, &note, tracker);
+            }
         }
         Err(e) => {
             log::debug!("undecodable record: {e}");

@@ -68,6 +68,10 @@ pub struct Note {
     pub state_before: Option<TcpState>,
     /// How the socket was opened (Unknown for events without a socket).
     pub origin: Option<Origin>,
+    /// A caught record that repeats its socket's last transition: the event
+    /// was handled already, and this record must be dropped (see
+    /// [`Tracker::repeats`]).
+    pub repeat: bool,
 }
 
 /// How long after a socket's CLOSE a reset may still be matched to it: active
@@ -107,6 +111,14 @@ pub struct Tracker {
     max_socks: usize,
     /// New sockets not tracked because `max_socks` was reached.
     pub untracked: u64,
+    /// Caught records dropped as repeats. The kernel's catcher program
+    /// handles the state events the main program was skipped for, and, when
+    /// other events run between the two programs' runs of one event, rarely
+    /// one that it was not (tcptrace-ebpf/src/bpf/state.bpf.c). A socket
+    /// cannot make the same transition twice in a row, so a caught record
+    /// that repeats its socket's last one is such a repeat. Lost events are
+    /// counted as skipped runs minus catches plus these.
+    pub repeats: u64,
 }
 
 impl Tracker {
@@ -117,6 +129,7 @@ impl Tracker {
             closed: vec![None; RECENTLY_CLOSED].into_boxed_slice(),
             max_socks,
             untracked: 0,
+            repeats: 0,
         }
     }
 
@@ -223,8 +236,29 @@ impl Tracker {
         }
     }
 
+    /// Whether `ev`, a caught old->new transition, repeats the last one its
+    /// socket made: the socket is in `new` already, or it just closed from
+    /// `old` (a CLOSE ends its tracking).
+    fn repeats_last(&self, ev: &Event, old: TcpState, new: TcpState) -> bool {
+        match self.socks.get(&ev.sock_id) {
+            Some(sock) => sock.state == new,
+            None => {
+                new == TcpState::Close
+                    && self.closed[closed_slot(ev.sock_id)]
+                        .is_some_and(|c| c.sock_id == ev.sock_id && c.before == old)
+            }
+        }
+    }
+
     fn transition(&mut self, ev: &Event, old: TcpState, new: TcpState) -> Note {
         use TcpState::{Close, Listen, SynRecv, SynSent};
+        if ev.caught && self.repeats_last(ev, old, new) {
+            self.repeats += 1;
+            return Note {
+                repeat: true,
+                ..Note::default()
+            };
+        }
         let new_life = matches!((old, new), (Close, SynSent | Listen) | (Listen, SynRecv));
         let listener_owner = |t: &Self| {
             t.listeners
@@ -261,6 +295,7 @@ impl Tracker {
                 owner: sock.owner,
                 state_before: None,
                 origin: Some(sock.origin),
+                repeat: false,
             };
         }
         let prev = self.socks.remove(&ev.sock_id).filter(|_| !new_life);
@@ -309,6 +344,7 @@ impl Tracker {
             owner,
             state_before: None,
             origin: Some(origin),
+            repeat: false,
         }
     }
 }
@@ -324,6 +360,7 @@ mod tests {
             ts_ns,
             sock_id: id,
             id_is_addr: false,
+            caught: false,
             netns: 1,
             family: Family::Ipv4,
             local: "127.0.0.1:8080".parse().unwrap(),
@@ -354,6 +391,43 @@ mod tests {
             Some(1_000)
         );
         assert_eq!(t.live(), 0);
+    }
+
+    fn caught(ts_ns: u64, id: u64, old: TcpState, new: TcpState) -> Event {
+        Event {
+            caught: true,
+            ..state(ts_ns, id, old, new)
+        }
+    }
+
+    #[test]
+    fn a_caught_record_repeating_its_sockets_last_transition_is_dropped() {
+        let mut t = Tracker::new(100);
+        t.observe(&state(1_000, 7, Close, SynSent));
+        // The catcher wrote connect()'s event again: dropped, state untouched.
+        let note = t.observe(&caught(1_200, 7, Close, SynSent));
+        assert!(note.repeat);
+        assert_eq!(t.repeats, 1);
+        assert_eq!(
+            t.get(7).map(|s| (s.state, s.since_ns)),
+            Some((SynSent, Some(1_000)))
+        );
+        // A caught record that moves the socket on is an event.
+        let note = t.observe(&caught(1_500, 7, SynSent, Established));
+        assert_eq!((note.repeat, note.dwell_ns), (false, Some(500)));
+        // The same transition, not caught, is never taken for a repeat.
+        assert!(!t.observe(&state(1_600, 7, SynSent, Established)).repeat);
+        // A repeat of the close, after the socket left tracking.
+        t.observe(&state(2_000, 7, Established, Close));
+        assert!(t.observe(&caught(2_100, 7, Established, Close)).repeat);
+        assert_eq!(t.repeats, 2);
+        // A closed socket that connects again lives anew: its next close is
+        // no repeat of the first.
+        t.observe(&state(3_000, 7, Close, SynSent));
+        assert!(!t.observe(&caught(3_100, 7, SynSent, Close)).repeat);
+        // Nor is a caught event of a socket the tracker has not seen.
+        assert!(!t.observe(&caught(4_000, 8, Established, FinWait1)).repeat);
+        assert_eq!(t.repeats, 2);
     }
 
     #[test]

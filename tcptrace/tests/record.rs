@@ -431,6 +431,7 @@ fn synthetic(path: &Path, n: u64, close: bool) -> u64 {
         ts_ns,
         sock_id: sock,
         id_is_addr: false,
+        caught: false,
         netns: 7,
         family: Family::Ipv4,
         local: local.parse().unwrap(),

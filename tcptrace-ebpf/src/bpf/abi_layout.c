@@ -53,5 +53,6 @@ int main(void)
 	CONST("u8", TCPTRACE_F_REASON);
 	CONST("u8", TCPTRACE_F_NO_SOCKET);
 	CONST("u8", TCPTRACE_F_ADDR_ID);
+	CONST("u8", TCPTRACE_F_CAUGHT);
 	return 0;
 }

@@ -84,6 +84,31 @@ TCPTRACE_EXTERN struct {
 } lost SEC(".maps");
 
 /*
+ * Program runs the kernel skipped but a catcher program handled (see
+ * state.bpf.c), one mmapable slot per CPU like `lost`: userspace counts
+ * skipped runs minus these as lost.
+ */
+TCPTRACE_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} caught SEC(".maps");
+
+/* Adds one to this CPU's slot of `lost` or `caught`. Atomic although the slot
+ * is this CPU's: a softirq program may interrupt a process-context one on the
+ * same CPU. */
+static __always_inline void cpu_count(void *counter)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	__u64 *n = bpf_map_lookup_elem(counter, &cpu);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/*
  * Records are submitted without waking the reader (a wake-up costs ~2.5 us per
  * event on a VM, more than everything else together); the reader drains on a
  * short timer. Once this many bytes wait unread, the submit wakes it anyway, so
@@ -162,13 +187,7 @@ static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
 		TCPTRACE_ON_RING(ring, bpf_ringbuf_reserve, sizeof(struct tcptrace_event), 0);
 
 	if (!e) {
-		__u32 cpu = bpf_get_smp_processor_id();
-		__u64 *n = bpf_map_lookup_elem(&lost, &cpu);
-
-		/* Atomic although the slot is this CPU's: a softirq program may
-		 * interrupt a process-context one on the same CPU. */
-		if (n)
-			__sync_fetch_and_add(n, 1);
+		cpu_count(&lost);
 		return NULL;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
@@ -191,20 +210,45 @@ static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
 #define TCPTRACE_WAKEUP_WINDOW (8 * TCPTRACE_SLOT_BYTES)
 
 /*
- * Wakes the reader only as the unread data crosses wakeup_bytes, not on every
- * submit beyond it: each wake-up is an irq_work and a self-IPI, and a reader
- * kept from the CPU by the very load being traced would otherwise take one per
- * event until it runs. If that one wake-up comes too early to matter, the
- * reader's timer drains the ring anyway.
+ * Whether the reader should be woken now: only as the unread data in `ring`
+ * crosses wakeup_bytes, not on every submit beyond it. Each wake-up is an
+ * irq_work and a self-IPI, and a reader kept from the CPU by the very load
+ * being traced would otherwise take one per event until it runs. If that one
+ * wake-up comes too early to matter, the reader's timer drains the ring anyway.
  */
+static __always_inline bool wakeup_due(__u32 ring)
+{
+	__u64 unread = TCPTRACE_ON_RING(ring, bpf_ringbuf_query, BPF_RB_AVAIL_DATA);
+
+	return unread >= wakeup_bytes && unread < wakeup_bytes + TCPTRACE_WAKEUP_WINDOW;
+}
+
 static __always_inline void event_submit(struct tcptrace_event *e)
 {
-	__u64 unread = TCPTRACE_ON_RING(e->ring, bpf_ringbuf_query, BPF_RB_AVAIL_DATA);
-	__u64 flags = BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, wakeup_due(e->ring) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
 
-	if (unread >= wakeup_bytes && unread < wakeup_bytes + TCPTRACE_WAKEUP_WINDOW)
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
+/* Submits without waking; returns the ring whose reader is due a wake-up,
+ * or -1. */
+static __always_inline int event_submit_quiet(struct tcptrace_event *e)
+{
+	int ring = e->ring;
+	int due = wakeup_due(ring) ? ring : -1;
+
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return due;
+}
+
+/*
+ * Wakes the reader of `ring` apart from any record: a discarded 8-byte
+ * reservation (which the reader skips) committed with a forced wake-up.
+ */
+static __always_inline void ring_wake(__u32 ring)
+{
+	void *r = TCPTRACE_ON_RING(ring, bpf_ringbuf_reserve, 8, 0);
+
+	if (r)
+		bpf_ringbuf_discard(r, BPF_RB_FORCE_WAKEUP);
 }
 
 /*

@@ -32,6 +32,10 @@ enum tcptrace_flags {
 	/* sock_id is the socket's kernel address (classic tracepoints), which the
 	 * kernel reuses at once: userspace treats each new life as a new socket. */
 	TCPTRACE_F_ADDR_ID = 1 << 3,
+	/* Written by catch_inet_sock_set_state for an event the kernel skipped
+	 * the main program for; rarely a repeat of one it did not skip, which
+	 * userspace drops (see state.bpf.c). */
+	TCPTRACE_F_CAUGHT = 1 << 4,
 };
 
 struct tcptrace_event {
