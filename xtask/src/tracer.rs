@@ -291,14 +291,21 @@ fn bpftool_programs() -> Result<Vec<Value>> {
 /// /proc/PID/fdinfo: bpftool's own `pids` field needs a bpftool built with
 /// BPF skeletons, which Debian's is not.
 fn held_programs(pid: u32) -> BTreeSet<u64> {
+    let mut ids = held_ids(pid, "bpf-prog", "prog_id:");
+    ids.extend(held_ids(pid, "bpf_link", "prog_id:"));
+    ids
+}
+
+/// The `field` ids in the fdinfo of `pid`'s fds whose link target contains
+/// `kind` (bpf-prog, bpf_link, bpf-map).
+fn held_ids(pid: u32, kind: &str, field: &str) -> BTreeSet<u64> {
     let mut ids = BTreeSet::new();
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return ids;
     };
     for fd in fds.filter_map(Result::ok) {
         let target = std::fs::read_link(fd.path()).unwrap_or_default();
-        let target = target.to_string_lossy();
-        if !(target.contains("bpf-prog") || target.contains("bpf_link")) {
+        if !target.to_string_lossy().contains(kind) {
             continue;
         }
         let info = std::fs::read_to_string(format!(
@@ -308,10 +315,40 @@ fn held_programs(pid: u32) -> BTreeSet<u64> {
         .unwrap_or_default();
         ids.extend(
             info.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()),
+                .filter_map(|l| l.strip_prefix(field)?.trim().parse::<u64>().ok()),
         );
     }
     ids
+}
+
+/// The sum of the `u64` values of the BPF map named `name` that `pid` holds
+/// (a per-CPU counter array such as tcptrace's `caught`), via bpftool.
+pub fn map_sum(pid: u32, name: &str) -> Result<u64> {
+    let ids = held_ids(pid, "bpf-map", "map_id:");
+    for id in &ids {
+        let out = Command::new("bpftool")
+            .args(["map", "dump", "id", &id.to_string(), "--json"])
+            .output()
+            .context("run bpftool map dump")?;
+        let show = Command::new("bpftool")
+            .args(["map", "show", "id", &id.to_string(), "--json"])
+            .output()
+            .context("run bpftool map show")?;
+        let info: Value = serde_json::from_slice(&show.stdout).unwrap_or(Value::Null);
+        if info["name"].as_str() != Some(name) {
+            continue;
+        }
+        let entries: Value =
+            serde_json::from_slice(&out.stdout).context("parse bpftool's map dump")?;
+        return Ok(entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            // With BTF, bpftool adds the value as a number under "formatted".
+            .filter_map(|e| e["formatted"]["value"].as_u64())
+            .sum());
+    }
+    bail!("process {pid} holds no BPF map named {name}")
 }
 
 /// The BPF programs `pid` holds, by id, with their run statistics.
