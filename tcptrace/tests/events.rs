@@ -584,3 +584,51 @@ fn the_kernel_port_filter_keeps_active_resets_of_the_port() {
         ("TCP_ABORT_ON_CLOSE", "ESTABLISHED")
     );
 }
+
+/// Names of the BPF programs `pid` holds (through program and link fds), as
+/// bpftool reports them.
+fn held_program_names(pid: u32) -> Vec<String> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids.iter()
+        .map(|id| {
+            let out = std::process::Command::new("bpftool")
+                .args(["prog", "show", "id", &id.to_string(), "--json"])
+                .output()
+                .expect("run bpftool (cargo xtask setup installs it)");
+            let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+            v["name"].as_str().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn the_state_catcher_is_attached_beside_the_state_program() {
+    let ns = Netns::new("catcher");
+    let trace = Trace::events(&ns, &[]);
+    let mut names = held_program_names(trace.pid());
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "catch_inet_sock_set_state",
+            "handle_inet_sock_set_state",
+            "handle_tcp_receive_reset",
+            "handle_tcp_retransmit_skb",
+            "handle_tcp_retransmit_synack",
+            "handle_tcp_send_reset",
+        ]
+    );
+    // With both attached, every state event still comes out once:
+    // client_closes_first_gives_both_full_sequences counts them exactly.
+    drop(trace);
+}
