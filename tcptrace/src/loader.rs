@@ -454,14 +454,15 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Re
 }
 
 /// Attaches the program that handles the state events the main one was
-/// skipped for (state.bpf.c). Without it those events are lost, and counted
-/// so: a warning, not an error.
+/// skipped for, and sends its wake-ups (state.bpf.c). Without it those
+/// events are lost, and counted so, and state events are drained on the
+/// reader's timer only: a warning, not an error.
 fn attach_catcher(ebpf: &mut Ebpf, btf: &Btf) -> bool {
     let attached = attach_btf(ebpf, btf, names::STATE_CATCHER, "inet_sock_set_state");
     if let Err(e) = &attached {
         log::warn!(
-            "state events skipped by the kernel's recursion guard will be lost, not caught \
-             ({}: {e:#})",
+            "state events skipped by the kernel's recursion guard will be lost, not caught, \
+             and the reader drains on its timer only ({}: {e:#})",
             names::STATE_CATCHER
         );
     }

@@ -84,9 +84,9 @@ TCPTRACE_EXTERN struct {
 } lost SEC(".maps");
 
 /*
- * Program runs the kernel skipped but a catcher program handled (see
- * state.bpf.c), one mmapable slot per CPU like `lost`: userspace counts
- * skipped runs minus these as lost.
+ * Events the catcher program handled (see state.bpf.c), one mmapable slot
+ * per CPU like `lost`: userspace counts skipped runs, minus these, plus the
+ * repeats among them it dropped, as lost.
  */
 TCPTRACE_EXTERN struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
