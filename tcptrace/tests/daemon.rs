@@ -165,7 +165,11 @@ fn reports_follow_the_workload_and_the_signals() {
     );
 
     let progs = programs_of(pid);
-    assert_eq!(progs.len(), 5, "one program per hook: {progs:?}");
+    assert_eq!(
+        progs.len(),
+        6,
+        "one program per hook, and the state events' catcher: {progs:?}"
+    );
     refuse(&ns, 1);
     signal(pid, libc::SIGTERM);
     let (_, stderr) = trace.finish();
