@@ -146,8 +146,6 @@ pub struct Tracer {
     lost: CpuCounters,
     /// Skipped state events the catcher program handled after all.
     caught: CpuCounters,
-    /// Whether the catcher program is attached.
-    pub catcher: bool,
     /// /proc/self/fdinfo of our programs, which counts the runs the kernel
     /// skipped; kept open, so that a read is one pread, not a path lookup.
     fdinfo: Vec<std::fs::File>,
@@ -225,11 +223,9 @@ impl Tracer {
             }
         }
 
-        let catcher = if attached.first() == Some(&("inet_sock_set_state", Attachment::Btf)) {
-            attach_catcher(&mut ebpf, &btf)
-        } else {
-            false
-        };
+        if attached.first() == Some(&("inet_sock_set_state", Attachment::Btf)) {
+            warnings.extend(attach_catcher(&mut ebpf, &btf));
+        }
         let fdinfo = attached
             .iter()
             .filter_map(|(name, how)| {
@@ -262,7 +258,6 @@ impl Tracer {
             missed: std::cell::Cell::new(((0, 0), None)),
             lost,
             caught,
-            catcher,
             attached,
             warnings,
         })
@@ -314,11 +309,6 @@ impl Tracer {
         Ok(self.lost.sum() + uncaught(skipped, repeats))
     }
 
-    /// Skipped state events that the catcher program handled (0 without it).
-    pub fn caught_events(&self) -> u64 {
-        self.caught.sum()
-    }
-
     /// Program runs the kernel skipped (recursion misses; the field exists
     /// since 5.12, before which such runs were not skipped silently either).
     fn missed_runs(&self) -> Result<u64> {
@@ -358,8 +348,9 @@ fn page_size() -> usize {
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
-/// The `lost` array, mapped read-only into our memory: reading it needs no
-/// syscall and no privilege, so it keeps working after `--user` drops them.
+/// A per-CPU counter array (`lost`, `caught`), mapped read-only into our
+/// memory: reading it needs no syscall and no privilege, so it keeps working
+/// after `--user` drops them.
 struct CpuCounters {
     /// Keeps the map (and so the mapping's backing) alive.
     _map: MapData,
@@ -371,7 +362,7 @@ struct CpuCounters {
 impl CpuCounters {
     fn map(map: Map) -> Result<Self> {
         let Map::Array(data) = map else {
-            bail!("the lost map is not an array")
+            bail!("not an array map")
         };
         let slots = data.info().context("lost map info")?.max_entries() as usize;
         let page = page_size();
@@ -457,16 +448,13 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Re
 /// skipped for, and sends its wake-ups (state.bpf.c). Without it those
 /// events are lost, and counted so, and state events are drained on the
 /// reader's timer only: a warning, not an error.
-fn attach_catcher(ebpf: &mut Ebpf, btf: &Btf) -> bool {
-    let attached = attach_btf(ebpf, btf, names::STATE_CATCHER, "inet_sock_set_state");
-    if let Err(e) = &attached {
-        log::warn!(
-            "state events skipped by the kernel's recursion guard will be lost, not caught, \
-             and the reader drains on its timer only ({}: {e:#})",
-            names::STATE_CATCHER
-        );
-    }
-    attached.is_ok()
+fn attach_catcher(ebpf: &mut Ebpf, btf: &Btf) -> Option<String> {
+    let e = attach_btf(ebpf, btf, names::STATE_CATCHER, "inet_sock_set_state").err()?;
+    Some(format!(
+        "state events skipped by the kernel's recursion guard will be lost, not caught, \
+         and the reader drains on its timer only ({}: {e:#})",
+        names::STATE_CATCHER
+    ))
 }
 
 fn attach_classic(ebpf: &mut Ebpf, hook: &Hook) -> Result<()> {
