@@ -103,9 +103,14 @@ fn from_events(snap: &Value) -> BTreeMap<String, Value> {
 }
 
 /// Equal, except durations (`*_us`): the two tracers' programs each read
-/// the clock themselves, a few hundred nanoseconds apart, and a histogram
-/// bucket boundary can fall in between: within 1% or 100 µs. Counts,
-/// including each histogram's, are exact.
+/// the clock themselves, usually a few hundred nanoseconds apart, and a
+/// histogram bucket boundary can fall in between: within 1% or 100 µs. A
+/// maximum may differ more: when the vCPU stalls or the task is preempted
+/// between the two tracers' programs for one event (seen once, 1 ms, with
+/// the suite's tests running in parallel on 2 vCPUs), one tracer's clock read
+/// comes that much later. In a histogram of a few dozen samples that one
+/// value is the maximum and the 99th percentile, which are held to 5 ms.
+/// Counts, including each histogram's, are exact.
 fn assert_same(live: &Value, rec: &Value, path: &str) {
     match (live, rec) {
         (Value::Object(a), Value::Object(b)) => {
@@ -118,8 +123,13 @@ fn assert_same(live: &Value, rec: &Value, path: &str) {
                 }
                 if k.ends_with("_us") {
                     let (x, y) = (v.as_f64().unwrap(), b[k].as_f64().unwrap());
+                    let slack = if k == "max_us" || k == "p99_us" {
+                        5_000.0
+                    } else {
+                        100.0
+                    };
                     assert!(
-                        (x - y).abs() <= (0.01 * x.max(y)).max(100.0),
+                        (x - y).abs() <= (0.01 * x.max(y)).max(slack),
                         "{at}: live {x} vs recorded {y}"
                     );
                 } else {
