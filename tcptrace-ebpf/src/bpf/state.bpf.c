@@ -76,7 +76,7 @@ static __always_inline int state_btf(struct sock *sk, int oldstate, int newstate
  * (kernel/trace/bpf_trace.c: __bpf_trace_run counts a nested run as a
  * recursion miss and skips it). A run in process context (connect, close) can
  * be interrupted, and the softirqs run on the interrupt's exit move other
- * sockets: under loopback churn about 1 event in 2500 was skipped.
+ * sockets: under loopback churn about 1 event in 2,000 was skipped.
  * catch_inet_sock_set_state, a second program on the same tracepoint with its
  * own guard, handles exactly those events. This per-CPU state links the two.
  */
