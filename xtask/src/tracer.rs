@@ -326,10 +326,6 @@ fn held_ids(pid: u32, kind: &str, field: &str) -> BTreeSet<u64> {
 pub fn map_sum(pid: u32, name: &str) -> Result<u64> {
     let ids = held_ids(pid, "bpf-map", "map_id:");
     for id in &ids {
-        let out = Command::new("bpftool")
-            .args(["map", "dump", "id", &id.to_string(), "--json"])
-            .output()
-            .context("run bpftool map dump")?;
         let show = Command::new("bpftool")
             .args(["map", "show", "id", &id.to_string(), "--json"])
             .output()
@@ -338,6 +334,10 @@ pub fn map_sum(pid: u32, name: &str) -> Result<u64> {
         if info["name"].as_str() != Some(name) {
             continue;
         }
+        let out = Command::new("bpftool")
+            .args(["map", "dump", "id", &id.to_string(), "--json"])
+            .output()
+            .context("run bpftool map dump")?;
         let entries: Value =
             serde_json::from_slice(&out.stdout).context("parse bpftool's map dump")?;
         return Ok(entries
