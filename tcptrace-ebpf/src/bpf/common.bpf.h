@@ -69,32 +69,28 @@ TCPTRACE_RING(events3);
 TCPTRACE_EXTERN const volatile __u32 nr_rings;
 
 /*
- * Failed ring reservations, one slot per CPU so that CPUs never contend for a
- * counter (userspace sets max_entries to the possible-CPU count before load).
- * Not a per-CPU map: this array is mmapable, so a daemon that dropped its
+ * A counter with one slot per CPU so that CPUs never contend for it
+ * (userspace sets max_entries to the possible-CPU count before load). Not a
+ * per-CPU map: this array is mmapable, so a daemon that dropped its
  * capabilities can still read it (with kernel.unprivileged_bpf_disabled set,
  * an unprivileged process cannot even look up a map it already holds).
  */
-TCPTRACE_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
+#define TCPTRACE_CPU_COUNTER(name)                   \
+	TCPTRACE_EXTERN struct {                     \
+		__uint(type, BPF_MAP_TYPE_ARRAY);    \
+		__uint(max_entries, 1);              \
+		__uint(map_flags, BPF_F_MMAPABLE);   \
+		__type(key, __u32);                  \
+		__type(value, __u64);                \
+	} name SEC(".maps")
 
+/* Failed ring reservations. */
+TCPTRACE_CPU_COUNTER(lost);
 /*
- * Events the catcher program handled (see state.bpf.c), one mmapable slot
- * per CPU like `lost`: userspace counts skipped runs, minus these, plus the
- * repeats among them it dropped, as lost.
+ * Events the catcher program handled (see state.bpf.c): userspace counts
+ * skipped runs, minus these, plus the repeats among them it dropped, as lost.
  */
-TCPTRACE_EXTERN struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, __u64);
-} caught SEC(".maps");
+TCPTRACE_CPU_COUNTER(caught);
 
 /* Adds one to this CPU's slot of `lost` or `caught`. Atomic although the slot
  * is this CPU's: a softirq program may interrupt a process-context one on the
