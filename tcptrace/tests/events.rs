@@ -476,6 +476,40 @@ fn every_event_is_either_shown_or_counted_lost_with_a_tiny_ring() {
     );
 }
 
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn a_ring_past_its_wakeup_threshold_is_drained_before_the_timer() {
+    // 400 records of 120 bytes: past the wake-up threshold (a quarter of a
+    // 64 KiB ring), never past the ring itself, so nothing can be lost.
+    const CONNECTIONS: usize = 40;
+    let ns = Netns::new("wake");
+    let mut trace = Trace::events(&ns, &["--ring-size", "65536", "--poll-interval", "60s"]);
+    let lines = trace.stdout_lines();
+    ns.run(|| {
+        let l = listen("127.0.0.1:0");
+        for _ in 0..CONNECTIONS {
+            let (c, mut s) = connect_accept(&l);
+            drop(c);
+            assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
+        }
+    });
+    // The timer would drain in a minute: only a wake-up brings records now.
+    let first = lines.recv_timeout(Duration::from_secs(10));
+    assert!(
+        first.is_ok(),
+        "no record within 10 s: the reader was not woken"
+    );
+    let (_, stderr) = trace.stop();
+    let records: Vec<Value> = first
+        .into_iter()
+        .chain(lines.iter())
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect();
+    let shown = records.iter().filter(|r| r["kind"] == "state").count();
+    assert_eq!(shown, CONNECTIONS * 10 + 2, "{stderr:?}");
+    assert!(records.iter().all(|r| r["kind"] != "lost"));
+}
+
 /// (ring buffers of `size` bytes, one-page ring buffers) a process holds, from fdinfo.
 fn ring_buffers(pid: u32, size: u64) -> (usize, usize) {
     let infos: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))

@@ -134,9 +134,78 @@ static __always_inline bool port_listed(__u16 port)
 	return false;
 }
 
+/*
+ * What each CPU remembers between events, for every program: the last network
+ * namespace it saw, and when it last checked and woke its ring's reader.
+ * Programs of different contexts may interleave on one CPU (a softirq one
+ * interrupting a process-context one), so every use tolerates that.
+ */
+struct cpu_memo {
+	__u64 net_cookie; /* 0 while being written */
+	__u32 net_inum;
+	__u32 submits;    /* records submitted on this CPU, for sampling */
+	__u64 woken_cons; /* 1 + the ring's consumer position at this CPU's last wake-up */
+};
+
+TCPTRACE_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cpu_memo);
+} cpu_memo SEC(".maps");
+
+static __always_inline struct cpu_memo *this_cpu_memo(void)
+{
+	__u32 zero = 0;
+
+	/* Inlined by the verifier for per-CPU arrays (kernel >= 6.10). */
+	return bpf_map_lookup_elem(&cpu_memo, &zero);
+}
+
+/* net_cookie as a plain u64 (kernel >= 5.14, set in setup_net); before, it
+ * was an atomic64_t assigned on first use, and could still be 0. */
+struct net___cookie_u64 {
+	__u64 net_cookie;
+} __attribute__((preserve_access_index));
+
+/*
+ * The namespace's inode number, as `ls -l /proc/PID/ns/net` shows it.
+ *
+ * ns.inum shares a cache line with the namespace's reference count
+ * (include/linux/ns_common.h: inum, __ns_ref), which every socket's creation
+ * and release changes (net/core/sock.c: sk_alloc and __sk_destruct take and
+ * drop a reference). Under churn, reading it missed on a line the other CPU
+ * keeps writing: a fifth of the state program's own samples in perf. The
+ * namespace's cookie, unique for the boot, sits on a line written once, so
+ * each CPU keeps the last cookie and inum it read, and reads inum only when
+ * the cookie changes. Written cookie last and checked twice, so that a
+ * program interrupting the update, or interrupted in its read, falls back to
+ * reading inum rather than pairing one namespace's cookie with another's
+ * inum.
+ */
 static __always_inline __u32 net_inum(const struct net *net, bool direct)
 {
-	return KREAD(direct, net->ns.inum);
+	const struct net___cookie_u64 *n = (const void *)net;
+	struct cpu_memo *m;
+	__u64 cookie;
+	__u32 inum;
+
+	if (!bpf_core_field_exists(n->net_cookie) || !(m = this_cpu_memo()))
+		return KREAD(direct, net->ns.inum);
+	cookie = KREAD(direct, n->net_cookie);
+	if (cookie && m->net_cookie == cookie) {
+		inum = m->net_inum;
+		barrier();
+		if (m->net_cookie == cookie)
+			return inum;
+	}
+	inum = KREAD(direct, net->ns.inum);
+	m->net_cookie = 0;
+	barrier();
+	m->net_inum = inum;
+	barrier();
+	m->net_cookie = cookie;
+	return inum;
 }
 
 static __always_inline __u32 skc_netns(const struct sock_common *skc, bool direct)
@@ -175,10 +244,24 @@ static __always_inline bool sock_wanted(const struct sock_common *skc,
 		r_;                                       \
 	})
 
+/*
+ * The ring this CPU writes to: CPU c % nr_rings. nr_rings is a constant the
+ * verifier knows, so only one of these paths is left; the division, tens of
+ * cycles, only for a ring count that is not a power of two.
+ */
+static __always_inline __u32 this_ring(void)
+{
+	if (nr_rings <= 1)
+		return 0;
+	if (!(nr_rings & (nr_rings - 1)))
+		return bpf_get_smp_processor_id() & (nr_rings - 1);
+	return bpf_get_smp_processor_id() % nr_rings;
+}
+
 /* Reserve a zeroed record, or count the loss. */
 static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
 {
-	__u32 ring = nr_rings > 1 ? bpf_get_smp_processor_id() % nr_rings : 0;
+	__u32 ring = this_ring();
 	struct tcptrace_event *e =
 		TCPTRACE_ON_RING(ring, bpf_ringbuf_reserve, sizeof(struct tcptrace_event), 0);
 
@@ -194,29 +277,36 @@ static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
 }
 
 /*
- * A record's footprint in the ring: the 8-byte header the kernel puts before
- * it, rounded up to 8 bytes (kernel/bpf/ringbuf.c: __bpf_ringbuf_reserve).
+ * One record in this many per CPU checks the ring's fill level. The check is a
+ * helper call that reads the reader's consumer position, a line the reader
+ * writes: per record it cost more than the rest of the submit. Sampling lets
+ * the unread data pass wakeup_bytes by at most this many records per CPU
+ * sharing the ring before a wake-up, a few KiB against a quarter of the ring.
  */
-#define TCPTRACE_SLOT_BYTES ((BPF_RINGBUF_HDR_SZ + sizeof(struct tcptrace_event) + 7) & ~7)
-/*
- * How far past wakeup_bytes a submit still wakes the reader. Records reserved
- * on other CPUs meanwhile may carry the unread total past the exact crossing,
- * so a few slots of slack; more would mean several wake-ups per crossing.
- */
-#define TCPTRACE_WAKEUP_WINDOW (8 * TCPTRACE_SLOT_BYTES)
+#define TCPTRACE_WAKEUP_SAMPLE 8
 
 /*
- * Whether the reader should be woken now: only as the unread data in `ring`
- * crosses wakeup_bytes, not on every submit beyond it. Each wake-up is an
+ * Whether the reader of `ring` should be woken now: once wakeup_bytes are
+ * unread, and once per CPU until the reader reads again. Each wake-up is an
  * irq_work and a self-IPI, and a reader kept from the CPU by the very load
- * being traced would otherwise take one per event until it runs. If that one
- * wake-up comes too early to matter, the reader's timer drains the ring anyway.
+ * being traced would otherwise take one per check until it runs. The timer
+ * drains the ring anyway; a wake-up only brings the drain forward.
  */
 static __always_inline bool wakeup_due(__u32 ring)
 {
-	__u64 unread = TCPTRACE_ON_RING(ring, bpf_ringbuf_query, BPF_RB_AVAIL_DATA);
+	struct cpu_memo *m = this_cpu_memo();
+	__u64 cons;
 
-	return unread >= wakeup_bytes && unread < wakeup_bytes + TCPTRACE_WAKEUP_WINDOW;
+	if (!m || ++m->submits % TCPTRACE_WAKEUP_SAMPLE)
+		return false;
+	if (TCPTRACE_ON_RING(ring, bpf_ringbuf_query, BPF_RB_AVAIL_DATA) < wakeup_bytes)
+		return false;
+	/* + 1: 0 stands for "never woken", and the first position is 0. */
+	cons = TCPTRACE_ON_RING(ring, bpf_ringbuf_query, BPF_RB_CONS_POS) + 1;
+	if (cons == m->woken_cons)
+		return false;
+	m->woken_cons = cons;
+	return true;
 }
 
 static __always_inline void event_submit(struct tcptrace_event *e)
@@ -272,20 +362,23 @@ static __always_inline void event_fill_task(struct tcptrace_event *e)
 /*
  * Family, addresses, ports and netns from the socket's common part, which full,
  * request and timewait sockets share (include/net/sock.h: struct sock_common).
- * The local port comes from skc_num; for full sockets (`inet` not NULL) a
- * non-zero inet_sport overrides it: inet_sport survives the unhash at CLOSE,
- * while skc_num is already 0 by then (net/ipv4/inet_hashtables.c:
- * __inet_put_port clears inet_num); both are 0 at CLOSE->SYN_SENT, before
- * connect() picks a port.
+ * The local port comes from skc_num. When that is 0, full sockets (`inet` not
+ * NULL) still have it in inet_sport, which survives the unhash at CLOSE while
+ * skc_num does not (net/ipv4/inet_hashtables.c: __inet_put_port clears
+ * inet_num); both are 0 at CLOSE->SYN_SENT, before connect() picks a port.
+ * inet_sport is read only then: it lies on a line of its own that most events
+ * would otherwise fetch for nothing.
  */
 static __always_inline void event_fill_sock_common(struct tcptrace_event *e,
 						    const struct sock_common *skc,
 						    const struct inet_sock *inet, bool direct)
 {
-	__u16 sport = inet ? bpf_ntohs(KREAD(direct, inet->inet_sport)) : 0;
+	__u16 sport = KREAD(direct, skc->skc_num);
 
+	if (!sport && inet)
+		sport = bpf_ntohs(KREAD(direct, inet->inet_sport));
 	e->family = KREAD(direct, skc->skc_family);
-	e->sport = sport ? sport : KREAD(direct, skc->skc_num);
+	e->sport = sport;
 	e->dport = bpf_ntohs(KREAD(direct, skc->skc_dport));
 	e->netns = skc_netns(skc, direct);
 	if (e->family == AF_INET) {

@@ -189,15 +189,27 @@ impl Trace {
         self.finish()
     }
 
+    /// Hands over stdout as lines, as they come; `stop` and `finish` then
+    /// return no stdout of their own.
+    pub fn stdout_lines(&mut self) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::channel();
+        let out = self.child.stdout.take().expect("stdout not yet taken");
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
     /// Waits for tcptrace to exit by itself (e.g. `watch --once`) and returns stdout.
     pub fn finish(mut self) -> (String, Vec<String>) {
         let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut out).unwrap();
+        }
         let status = self.child.wait().unwrap();
         let mut lines = std::mem::take(&mut self.stderr_lines);
         lines.extend(self.stderr.iter());
