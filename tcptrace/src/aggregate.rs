@@ -309,9 +309,12 @@ impl Aggregator {
         self.cfg.long_established_ns = ns;
     }
 
-    /// Counts records the kernel dropped (the ring's lost counter).
-    pub fn set_lost(&mut self, lost: u64) {
+    /// Counts the events lost so far: `lost` in all, of which `skipped`
+    /// were program runs the kernel skipped and nothing caught (the rest
+    /// found the ring buffer full; see [`EventCounts::lost_skipped`]).
+    pub fn set_lost(&mut self, lost: u64, skipped: u64) {
         self.counts.lost = lost;
+        self.counts.lost_skipped = skipped.min(lost);
     }
 
     pub fn add_undecodable(&mut self, n: u64) {
@@ -351,6 +354,10 @@ impl Aggregator {
         out.counts.total -= base.counts.total;
         out.counts.undecodable -= base.counts.undecodable;
         out.counts.lost = out.counts.lost.saturating_sub(base.counts.lost);
+        out.counts.lost_skipped = out
+            .counts
+            .lost_skipped
+            .saturating_sub(base.counts.lost_skipped);
         counts_minus(&mut out.by_kind, &base.by_kind);
         out.pending_overflow -= base.pending_overflow;
         out.quiet_rows_hidden = true;

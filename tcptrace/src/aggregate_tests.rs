@@ -521,7 +521,7 @@ fn census_seeded_sockets_show_lower_bound_ages() {
         .accept_queues
         .insert(8080, AcceptQueue { len: 2, max: 128 });
     w.agg.set_census(census);
-    w.agg.set_lost(7);
+    w.agg.set_lost(7, 0);
     let s = w.snap(5_000 * MS);
     let row = s.port(8080, Direction::In).unwrap();
     let cw = &row.states[&CloseWait];
@@ -630,6 +630,7 @@ fn an_interval_is_the_cumulative_aggregate_minus_its_start() {
         st(SynSent, Close),
     ));
     all.agg.add_undecodable(2);
+    all.agg.set_lost(5, 2);
     let base = all.agg.clone();
 
     let mut second = World::new(AggregatorConfig::default());
@@ -639,6 +640,9 @@ fn an_interval_is_the_cumulative_aggregate_minus_its_start() {
         mixed(w, t1 + MS, 1_000, &[7, 120, 40]);
         w.agg.add_undecodable(1);
     }
+    // Lost counts are cumulative: 4 more, 3 of them skipped runs.
+    all.agg.set_lost(9, 5);
+    second.agg.set_lost(4, 3);
     let t2 = t1 + 500 * MS;
     let interval = all
         .agg
@@ -651,6 +655,7 @@ fn an_interval_is_the_cumulative_aggregate_minus_its_start() {
     assert_eq!(ports, [Some(9), Some(6379), Some(8080)]);
     assert_eq!(expected.events.total, 3 * 5 + 4 + 3);
     assert_eq!(expected.events.undecodable, 1);
+    assert_eq!((expected.events.lost, expected.events.lost_skipped), (4, 3));
     let cw = expected.ports[2].states[&CloseWait].dwell.as_ref().unwrap();
     // 7 and 120 ms read as the bottom and top of their buckets (32 and 512
     // µs wide there).

@@ -79,6 +79,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     let out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut printer = Printer::new(out, args.json, filter, clock, reasons);
     let deadline = args.duration.map(|d| Instant::now() + d);
+    let mut lost_before = crate::loader::Lost::default();
     loop {
         let stopping = tokio::select! {
             () = reader.wait() => deadline.is_some_and(|d| Instant::now() >= d),
@@ -86,12 +87,15 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         };
         reader.drain(|bytes| printer.record(bytes));
         let lost = tracer.lost_events(printer.tracker.repeats, stopping)?;
-        let new = printer.lost(lost);
+        let new = printer.lost(lost.total());
         if new > 0 {
             eprintln!(
-                "tcptrace: warning: {new} events lost (ring buffer full, {lost} in all): raise --ring-size"
+                "tcptrace: warning: {new} events lost ({}), {} in all",
+                lost.describe_since(lost_before),
+                lost.total()
             );
         }
+        lost_before = lost;
         if printer.flush()? || stopping {
             break;
         }

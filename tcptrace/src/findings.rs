@@ -985,11 +985,27 @@ fn lost_events(c: &Ctx, snap: &Snapshot) -> Option<Finding> {
             e.total,
             share * 100.0
         ),
-        cause: "the ring buffer overflowed: every number here misses those events".to_string(),
-        action:
+        cause: lost_cause(e.lost - e.lost_skipped, e.lost_skipped),
+        action: if e.lost_skipped == e.lost {
+            "nothing to tune: the kernel skips a program that an interrupt's softirq would \
+             re-enter, and these arrived while the catcher program was itself running"
+                .to_string()
+        } else {
             "raise --ring-size (default 4M), or trace fewer ports (--port filters in the kernel)"
-                .to_string(),
+                .to_string()
+        },
     })
+}
+
+fn lost_cause(ring_full: u64, skipped: u64) -> String {
+    let what = match (ring_full, skipped) {
+        (_, 0) => "the ring buffer overflowed".to_string(),
+        (0, _) => "the kernel skipped the tracer for them (recursion guard)".to_string(),
+        (f, s) => format!(
+            "the ring buffer overflowed ({f}) and the kernel skipped the tracer ({s}, recursion guard)"
+        ),
+    };
+    format!("{what}: every number here misses those events")
 }
 
 #[cfg(test)]

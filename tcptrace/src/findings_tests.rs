@@ -680,6 +680,42 @@ fn lost_events_make_a_host_wide_finding() {
     assert_eq!(eval(&lost(9, 991))[0].severity, Severity::Warning);
 }
 
+#[test]
+fn lost_events_say_whether_a_bigger_ring_would_help() {
+    let lost = |lost, lost_skipped| Snapshot {
+        events: EventCounts {
+            total: 36_000,
+            lost,
+            lost_skipped,
+            ..EventCounts::default()
+        },
+        ..Snapshot::default()
+    };
+    let full = &eval(&lost(7, 0))[0];
+    assert_eq!(
+        full.cause,
+        "the ring buffer overflowed: every number here misses those events"
+    );
+    let skipped = &eval(&lost(2, 2))[0];
+    assert_eq!(
+        skipped.cause,
+        "the kernel skipped the tracer for them (recursion guard): every number here misses \
+         those events"
+    );
+    assert!(
+        skipped.action.starts_with("nothing to tune"),
+        "{}",
+        skipped.action
+    );
+    let both = &eval(&lost(7, 2))[0];
+    assert_eq!(
+        both.cause,
+        "the ring buffer overflowed (5) and the kernel skipped the tracer (2, recursion guard): \
+         every number here misses those events"
+    );
+    assert!(both.action.contains("--ring-size"), "{}", both.action);
+}
+
 // ---------------------------------------------------------------------------
 // Order, windows, configuration
 // ---------------------------------------------------------------------------

@@ -826,7 +826,7 @@ pub fn replay_report<R: Read>(reader: &mut RecordingReader<R>) -> Report {
             }
         }
     }
-    agg.set_lost(reader.lost().saturating_sub(header.lost_at_start));
+    agg.set_lost(reader.lost().saturating_sub(header.lost_at_start), 0);
     let now = last_ts.unwrap_or(header.started_ns);
     let end = reader.last_flush_ns().unwrap_or(now).max(now);
     let clock = header.clock();

@@ -487,7 +487,7 @@ fn replay_reports_what_the_live_pipeline_saw() {
         agg.add(ev, &note, &tracker);
     }
     let last = evs.iter().map(|e| e.ts_ns).max().unwrap();
-    agg.set_lost(evs.len() as u64 / 6);
+    agg.set_lost(evs.len() as u64 / 6, 0);
     let mut live = agg.snapshot(&tracker, last, h.clock().wall_ms(last), &h.reset_reasons());
     let findings_cfg = crate::findings::FindingsConfig {
         ephemeral: h.aggregator_config().ephemeral,

@@ -36,7 +36,8 @@ pub async fn record(args: RecordArgs) -> Result<()> {
     let path = &args.output;
     let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut header = Header::this_host("record", clock, &reasons, Clock::monotonic_now_ns());
-    header.lost_at_start = tracer.lost_events(0, true)?;
+    let lost_at_start = tracer.lost_events(0, true)?;
+    header.lost_at_start = lost_at_start.total();
     header.ports.clone_from(&args.ports);
     header.netns = args.netns;
     let mut writer = RecordingWriter::create(file, &header)
@@ -50,7 +51,7 @@ pub async fn record(args: RecordArgs) -> Result<()> {
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
     flush_tick.tick().await;
-    let (mut seen, mut lost) = (0u64, header.lost_at_start);
+    let (mut seen, mut lost) = (0u64, lost_at_start);
     let mut tracker = Tracker::new(MAX_TRACKED_SOCKETS);
     let outcome: io::Result<()> = loop {
         let (stopping, flush) = tokio::select! {
@@ -69,15 +70,16 @@ pub async fn record(args: RecordArgs) -> Result<()> {
             }
         });
         let now_lost = tracer.lost_events(tracker.repeats, stopping)?;
-        if now_lost > lost {
+        if now_lost.total() > lost.total() {
             eprintln!(
-                "tcptrace: warning: {} events lost (ring buffer full, {} in all): raise --ring-size",
-                now_lost - lost,
-                now_lost - header.lost_at_start
+                "tcptrace: warning: {} events lost ({}), {} in all",
+                now_lost.total() - lost.total(),
+                now_lost.describe_since(lost),
+                now_lost.total() - header.lost_at_start
             );
             lost = now_lost;
         }
-        writer.set_lost(now_lost);
+        writer.set_lost(now_lost.total());
         if result.is_ok() && flush {
             result = sync(&mut writer, Clock::monotonic_now_ns());
         }
@@ -86,7 +88,7 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         }
     };
     let written = writer.events() + u64::from(writer.pending());
-    let lost = lost - header.lost_at_start;
+    let lost = lost.total() - header.lost_at_start;
     let closed = outcome.and_then(|()| {
         let mut file = writer.finish(Clock::monotonic_now_ns())?;
         file.flush()?;

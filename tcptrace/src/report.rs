@@ -71,9 +71,14 @@ pub fn text(r: &Report) -> String {
         s.events.folded_ports,
     );
     if s.events.lost > 0 {
+        let advice = if s.events.lost_skipped == s.events.lost {
+            "skipped by the kernel's recursion guard"
+        } else {
+            "raise --ring-size"
+        };
         let _ = writeln!(
             out,
-            "!! {} events lost: numbers below are incomplete (raise --ring-size)",
+            "!! {} events lost: numbers below are incomplete ({advice})",
             s.events.lost
         );
     }
@@ -292,6 +297,19 @@ mod tests {
     }
 
     #[test]
+    fn lost_events_that_no_ring_size_would_save_are_named_as_such() {
+        let mut r = report();
+        r.snapshot.events.lost_skipped = 5;
+        let t = text(&r);
+        assert_eq!(
+            t.lines().nth(1),
+            Some(
+                "!! 5 events lost: numbers below are incomplete (skipped by the kernel's recursion guard)"
+            )
+        );
+    }
+
+    #[test]
     fn text_report_has_every_number() {
         let t = text(&report());
         let lines: Vec<&str> = t.lines().collect();
@@ -299,7 +317,10 @@ mod tests {
             lines[0],
             "== tcptrace interval report 2026-11-23T19:00:00Z  interval 1m00s  events 1200 (20/s)  lost 5  untracked 0  folded ports 0 =="
         );
-        assert!(lines[1].starts_with("!! 5 events lost"));
+        assert_eq!(
+            lines[1],
+            "!! 5 events lost: numbers below are incomplete (raise --ring-size)"
+        );
         // The findings of the interval come first: 312 in CLOSE_WAIT and 48
         // closed, then the lost events.
         assert_eq!(

@@ -141,9 +141,9 @@ impl Session {
             .drain(|bytes| ingest(bytes, flight.as_deref_mut(), tracker, agg));
         let lost = self.tracer.lost_events(self.tracker.repeats, false)?;
         if let Some(f) = &mut self.flight {
-            f.set_lost(lost);
+            f.set_lost(lost.total());
         }
-        self.agg.set_lost(lost);
+        self.agg.set_lost(lost.total(), lost.skipped);
         Ok(n)
     }
 
@@ -162,7 +162,7 @@ impl Session {
     /// old), so that reports end exact.
     fn refresh_lost(&mut self) {
         match self.tracer.lost_events(self.tracker.repeats, true) {
-            Ok(lost) => self.agg.set_lost(lost),
+            Ok(lost) => self.agg.set_lost(lost.total(), lost.skipped),
             Err(e) => log::warn!("lost events: {e:#}; the count shown may be up to 100 ms old"),
         }
     }

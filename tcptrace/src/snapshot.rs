@@ -52,8 +52,14 @@ pub struct EventCounts {
     pub total: u64,
     /// By event kind name (`state`, `synack_retrans`, ...).
     pub by_kind: BTreeMap<String, u64>,
-    /// Records the kernel could not put in the ring buffer.
+    /// Events lost: the ring buffer was full, or the kernel skipped the
+    /// program and nothing caught the event.
     pub lost: u64,
+    /// Of `lost`, program runs the kernel skipped (its recursion guard) and
+    /// the catcher did not handle: no setting helps those. 0 in snapshots
+    /// replayed from recordings, which keep only the total.
+    #[serde(default)]
+    pub lost_skipped: u64,
     /// Records that did not decode.
     pub undecodable: u64,
     /// New sockets not tracked because the tracking table was full.

@@ -474,6 +474,11 @@ fn every_event_is_either_shown_or_counted_lost_with_a_tiny_ring() {
         summary.contains(&format!("{shown} shown, {lost} lost")),
         "{summary}"
     );
+    // Losses here can only be a full ring, and the warning says so.
+    let warned = stderr
+        .iter()
+        .any(|l| l.contains("ring buffer full (raise --ring-size)"));
+    assert_eq!(warned, lost > 0, "{stderr:?}");
 }
 
 #[test]

@@ -87,6 +87,7 @@ fn sample() -> Snapshot {
             total: 100,
             by_kind: BTreeMap::from([("state".to_string(), 90), ("retrans".to_string(), 10)]),
             lost: 3,
+            lost_skipped: 1,
             undecodable: 1,
             untracked: 2,
             folded_ports: 40,
@@ -176,6 +177,10 @@ async fn endpoint_serves_metrics_health_and_errors() {
         "{body}"
     );
     assert!(body.lines().any(|l| l == "tcptrace_events_lost_total 3"));
+    assert!(
+        body.lines()
+            .any(|l| l == "tcptrace_events_lost_skipped_total 1")
+    );
 
     // Prometheus's own Accept header gets OpenMetrics.
     let accept =

@@ -399,8 +399,14 @@ impl Collector for SnapshotCollector {
         self.counter(
             e,
             "tcptrace_events_lost_total",
-            "Events the kernel could not queue (ring buffer full); the other metrics miss them.",
+            "Events lost (ring buffer full, or skipped by the kernel and not caught); the other metrics miss them.",
             vec![(vec![], snap.events.lost)],
+        )?;
+        self.counter(
+            e,
+            "tcptrace_events_lost_skipped_total",
+            "Of the lost events, program runs the kernel skipped (recursion guard) that the catcher did not handle; no setting helps these.",
+            vec![(vec![], snap.events.lost_skipped)],
         )?;
         self.counter(
             e,

@@ -309,7 +309,7 @@ fn every_family_is_described() {
         }
     }
     assert!(!text.contains("{}"), "{text}");
-    assert_eq!(text.matches("# TYPE ").count(), 19);
+    assert_eq!(text.matches("# TYPE ").count(), 20);
 }
 
 /// One gauge of 1 per finding, labelled by rule, port, direction, severity.
@@ -353,8 +353,10 @@ fn findings_are_gauges_of_one() {
 fn empty_snapshot_still_counts_lost_events() {
     let mut snap = Snapshot::default();
     snap.events.lost = 5;
+    snap.events.lost_skipped = 2;
     let text = encode(&snap);
     has(&text, "tcptrace_events_lost_total 5");
+    has(&text, "tcptrace_events_lost_skipped_total 2");
     has(&text, "# TYPE tcptrace_sockets gauge");
 }
 

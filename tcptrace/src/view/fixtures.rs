@@ -160,6 +160,7 @@ pub fn incident() -> Snapshot {
             total: 36_000,
             by_kind: BTreeMap::from([("state".to_string(), 35_000)]),
             lost: 7,
+            lost_skipped: 0,
             undecodable: 0,
             untracked: 3,
             folded_ports: 12,
