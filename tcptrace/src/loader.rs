@@ -278,8 +278,8 @@ impl Tracer {
         std::mem::take(&mut self.rings)
     }
 
-    /// Events lost: records the ring could not take (summed over CPUs),
-    /// plus program runs the kernel skipped because the same program was
+    /// Events lost, by cause: records the ring could not take (summed over
+    /// CPUs), and program runs the kernel skipped because the same program was
     /// already running on that CPU (a softirq interrupting a process-context
     /// run; kernel/trace/bpf_trace.c: __bpf_trace_run counts them as
     /// recursion misses) that the catcher program did not handle instead.
@@ -345,8 +345,9 @@ impl Lost {
         self.ring_full + self.skipped
     }
 
-    /// What was lost since `before`, by cause, for a warning line, e.g.
-    /// `5 ring buffer full (raise --ring-size), 2 skipped by the kernel`.
+    /// What was lost since `before`, by cause, for a warning line: e.g.
+    /// `5 ring buffer full (raise --ring-size), 2 skipped by the kernel's
+    /// recursion guard, nothing to tune`.
     pub fn describe_since(self, before: Lost) -> String {
         let full = self.ring_full.saturating_sub(before.ring_full);
         let skipped = self.skipped.saturating_sub(before.skipped);

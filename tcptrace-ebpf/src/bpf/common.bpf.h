@@ -178,9 +178,9 @@ struct net___cookie_u64 {
  * keeps writing: a fifth of the state program's own samples in perf. The
  * namespace's cookie, unique for the boot, sits on a line written once, so
  * each CPU keeps the last cookie and inum it read, and reads inum only when
- * the cookie changes. Written cookie last and checked twice, so that a
- * program interrupting the update, or interrupted in its read, falls back to
- * reading inum rather than pairing one namespace's cookie with another's
+ * the cookie changes. The cookie is written last and checked twice, so that
+ * a program interrupting the update, or interrupted in its read, falls back
+ * to reading inum rather than pairing one namespace's cookie with another's
  * inum.
  */
 static __always_inline __u32 net_inum(const struct net *net, bool direct)
@@ -279,7 +279,7 @@ static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
 /*
  * One record in this many per CPU checks the ring's fill level. The check is a
  * helper call that reads the reader's consumer position, a line the reader
- * writes: per record it cost more than the rest of the submit. Sampling lets
+ * writes, so it need not run for every record. Sampling lets
  * the unread data pass wakeup_bytes by at most this many records per CPU
  * sharing the ring before a wake-up, a few KiB against a quarter of the ring.
  */
