@@ -109,10 +109,11 @@ pub fn run(args: &SoakArgs, bin: &Path, stop: &AtomicBool) -> Result<()> {
     if stop.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
-    let (events, lost) = daemon.scrape().map_or((f64::NAN, f64::NAN), |m| {
+    let (events, lost, skipped) = daemon.scrape().map_or((f64::NAN, f64::NAN, f64::NAN), |m| {
         (
             m.get("tcptrace_events_total"),
             m.get("tcptrace_events_lost_total"),
+            m.get("tcptrace_events_lost_skipped_total"),
         )
     });
     let log = daemon.log_text();
@@ -121,7 +122,7 @@ pub fn run(args: &SoakArgs, bin: &Path, stop: &AtomicBool) -> Result<()> {
         bail!("tcptrace daemon exited with {status}:\n{log}");
     }
     println!(
-        "churn: {} connections, {:.0}/s, {} errors{}; daemon: {events:.0} events, {lost:.0} lost, {} reports, {status}",
+        "churn: {} connections, {:.0}/s, {} errors{}; daemon: {events:.0} events, {lost:.0} lost ({skipped:.0} of them skipped by the kernel, the rest ring buffer full), {} reports, {status}",
         outcome.connections,
         outcome.per_second(),
         outcome.errors,
