@@ -436,6 +436,19 @@ fn without_privileges_it_says_how_to_run_it() {
     );
 }
 
+/// `n` connections in `ns`, one after the other, each closed by the client:
+/// 5 client and 5 server transitions each, plus the listener's 2.
+fn open_close_n(ns: &Netns, n: usize) {
+    ns.run(move || {
+        let l = listen("127.0.0.1:0");
+        for _ in 0..n {
+            let (c, mut s) = connect_accept(&l);
+            drop(c);
+            assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
+        }
+    });
+}
+
 #[test]
 #[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
 fn every_event_is_either_shown_or_counted_lost_with_a_tiny_ring() {
@@ -444,14 +457,7 @@ fn every_event_is_either_shown_or_counted_lost_with_a_tiny_ring() {
     // One page of ring (36 records) drained once a second: a burst overflows
     // it unless the threshold wake-ups keep up. Either way, nothing vanishes.
     let trace = Trace::events(&ns, &["--ring-size", "4096", "--poll-interval", "1s"]);
-    ns.run(|| {
-        let l = listen("127.0.0.1:0");
-        for _ in 0..CONNECTIONS {
-            let (c, mut s) = connect_accept(&l);
-            drop(c);
-            assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
-        }
-    });
+    open_close_n(&ns, CONNECTIONS);
     let (out, stderr) = trace.stop();
     let records: Vec<Value> = out
         .lines()
@@ -490,14 +496,7 @@ fn a_ring_past_its_wakeup_threshold_is_drained_before_the_timer() {
     let ns = Netns::new("wake");
     let mut trace = Trace::events(&ns, &["--ring-size", "65536", "--poll-interval", "60s"]);
     let lines = trace.stdout_lines();
-    ns.run(|| {
-        let l = listen("127.0.0.1:0");
-        for _ in 0..CONNECTIONS {
-            let (c, mut s) = connect_accept(&l);
-            drop(c);
-            assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
-        }
-    });
+    open_close_n(&ns, CONNECTIONS);
     // The timer would drain in a minute: only a wake-up brings records now.
     let first = lines.recv_timeout(Duration::from_secs(10));
     assert!(

@@ -135,16 +135,21 @@ static __always_inline bool port_listed(__u16 port)
 }
 
 /*
- * What each CPU remembers between events, for every program: the last network
- * namespace it saw, and when it last checked and woke its ring's reader.
- * Programs of different contexts may interleave on one CPU (a softirq one
- * interrupting a process-context one), so every use tolerates that.
+ * What each CPU remembers between events: the last network namespace it saw
+ * (net_inum), when it last checked and woke its ring's reader (wakeup_due),
+ * and the state event the main state program last began (for its catcher,
+ * see state.bpf.c). Programs of different contexts may interleave on one CPU
+ * (a softirq one interrupting a process-context one), so every use tolerates
+ * that.
  */
 struct cpu_memo {
 	__u64 net_cookie; /* 0 while being written */
 	__u32 net_inum;
 	__u32 submits;    /* records submitted on this CPU, for sampling */
 	__u64 woken_cons; /* 1 + the ring's consumer position at this CPU's last wake-up */
+	__u64 begun_sk;     /* the socket of the state event last begun */
+	__u32 begun_states; /* and its oldstate << 8 | newstate */
+	__u32 catcher_wake; /* 1 + the ring whose reader the catcher is to wake; 0 for none */
 };
 
 TCPTRACE_EXTERN struct {

@@ -78,45 +78,23 @@ static __always_inline int state_btf(struct sock *sk, int oldstate, int newstate
  * be interrupted, and the softirqs run on the interrupt's exit move other
  * sockets: under loopback churn about 1 event in 2,000 was skipped.
  * catch_inet_sock_set_state, a second program on the same tracepoint with its
- * own guard, handles exactly those events. This per-CPU state links the two.
+ * own guard, handles exactly those events. The begun_* and catcher_wake
+ * fields of this CPU's cpu_memo link the two.
  */
-struct state_cpu {
-	/* The event handle_inet_sock_set_state last began on this CPU. */
-	__u64 sk;
-	__u32 states; /* oldstate << 8 | newstate */
-	/* 1 + the ring whose reader the catcher is to wake; 0 for none. */
-	__u32 wake;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct state_cpu);
-} state_cpu SEC(".maps");
-
-static __always_inline struct state_cpu *this_state_cpu(void)
-{
-	__u32 zero = 0;
-
-	/* Inlined by the verifier for per-CPU arrays (kernel >= 6.10). */
-	return bpf_map_lookup_elem(&state_cpu, &zero);
-}
-
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	struct state_cpu *cpu = this_state_cpu();
+	struct cpu_memo *cpu = this_cpu_memo();
 	int wake;
 
 	if (!cpu)
 		return 0;
 	/* First of all: from here on, the catcher knows this event is handled. */
-	cpu->states = oldstate << 8 | newstate;
-	cpu->sk = (__u64)sk;
+	cpu->begun_states = oldstate << 8 | newstate;
+	cpu->begun_sk = (__u64)sk;
 	wake = state_btf(sk, oldstate, newstate, 0);
 	if (wake >= 0)
-		cpu->wake = wake + 1;
+		cpu->catcher_wake = wake + 1;
 	return 0;
 }
 
@@ -149,16 +127,16 @@ int BPF_PROG(handle_inet_sock_set_state, struct sock *sk, int oldstate, int news
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(catch_inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	struct state_cpu *cpu = this_state_cpu();
+	struct cpu_memo *cpu = this_cpu_memo();
 	bool begun;
 	int wake;
 
 	if (!cpu)
 		return 0;
-	begun = cpu->sk == (__u64)sk && cpu->states == (oldstate << 8 | newstate);
-	if (cpu->wake) {
-		wake = cpu->wake - 1;
-		cpu->wake = 0;
+	begun = cpu->begun_sk == (__u64)sk && cpu->begun_states == (oldstate << 8 | newstate);
+	if (cpu->catcher_wake) {
+		wake = cpu->catcher_wake - 1;
+		cpu->catcher_wake = 0;
 		ring_wake(wake);
 	}
 	if (begun)
