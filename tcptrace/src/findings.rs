@@ -985,8 +985,8 @@ fn lost_events(c: &Ctx, snap: &Snapshot) -> Option<Finding> {
             e.total,
             share * 100.0
         ),
-        cause: lost_cause(e.lost - e.lost_skipped, e.lost_skipped),
-        action: if e.lost_skipped == e.lost {
+        cause: lost_cause(e.lost.saturating_sub(e.lost_skipped), e.lost_skipped),
+        action: if e.lost_skipped >= e.lost {
             "nothing to tune: the kernel skips a program that an interrupt's softirq would \
              re-enter, and these arrived while the catcher program was itself running"
                 .to_string()

@@ -71,7 +71,7 @@ pub fn text(r: &Report) -> String {
         s.events.folded_ports,
     );
     if s.events.lost > 0 {
-        let advice = if s.events.lost_skipped == s.events.lost {
+        let advice = if s.events.lost_skipped >= s.events.lost {
             "skipped by the kernel's recursion guard"
         } else {
             "raise --ring-size"
