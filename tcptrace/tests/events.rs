@@ -436,6 +436,44 @@ fn without_privileges_it_says_how_to_run_it() {
     );
 }
 
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn events_of_alternating_namespaces_each_carry_their_own() {
+    // Each CPU remembers the last namespace it saw (common.bpf.h:
+    // net_inum): alternate two so that the memo keeps changing.
+    const ROUNDS: usize = 20;
+    let nss = [
+        (Netns::new("memo-a"), 7001u16),
+        (Netns::new("memo-b"), 7002),
+    ];
+    let trace = Trace::start(&["events", "--json"], "tcptrace: tracing");
+    for _ in 0..ROUNDS {
+        for (ns, port) in &nss {
+            let port = *port;
+            ns.run(move || {
+                let l = listen(&format!("127.0.0.1:{port}"));
+                let (c, mut s) = connect_accept(&l);
+                drop(c);
+                assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
+            });
+        }
+    }
+    let events = trace.stop_json();
+    for (ns, port) in &nss {
+        let port = *port;
+        let of_ns: Vec<&Value> = events.iter().filter(|e| e["netns"] == ns.inode).collect();
+        // Per round: the listener's 2 transitions and the connection's 10.
+        assert_eq!(of_ns.len(), ROUNDS * 12, "namespace {}", ns.inode);
+        for e in of_ns {
+            let ends = [&e["local"], &e["remote"]].map(|a| {
+                let a: SocketAddr = a.as_str().unwrap().parse().unwrap();
+                a.port()
+            });
+            assert!(ends.contains(&port), "{e} is not of namespace {}", ns.inode);
+        }
+    }
+}
+
 /// `n` connections in `ns`, one after the other, each closed by the client:
 /// 5 client and 5 server transitions each, plus the listener's 2.
 fn open_close_n(ns: &Netns, n: usize) {

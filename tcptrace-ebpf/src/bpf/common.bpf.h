@@ -143,13 +143,15 @@ static __always_inline bool port_listed(__u16 port)
  * that.
  */
 struct cpu_memo {
-	__u64 net_cookie; /* 0 while being written */
+	__u64 net_cookie;
 	__u32 net_inum;
-	__u32 submits;    /* records submitted on this CPU, for sampling */
-	__u64 woken_cons; /* 1 + the ring's consumer position at this CPU's last wake-up */
+	__u32 net_seq;      /* odd while net_cookie and net_inum are written */
+	__u64 woken_cons;   /* 1 + the ring's consumer position at this CPU's last wake-up */
 	__u64 begun_sk;     /* the socket of the state event last begun */
 	__u32 begun_states; /* and its oldstate << 8 | newstate */
 	__u32 catcher_wake; /* 1 + the ring whose reader the catcher is to wake; 0 for none */
+	__u32 submits;      /* records submitted on this CPU, for sampling */
+	__u32 pad;
 };
 
 TCPTRACE_EXTERN struct {
@@ -183,33 +185,42 @@ struct net___cookie_u64 {
  * keeps writing: a fifth of the state program's own samples in perf. The
  * namespace's cookie, unique for the boot, sits on a line written once, so
  * each CPU keeps the last cookie and inum it read, and reads inum only when
- * the cookie changes. The cookie is written last and checked twice, so that
- * a program interrupting the update, or interrupted in its read, falls back
- * to reading inum rather than pairing one namespace's cookie with another's
- * inum.
+ * the cookie changes.
+ *
+ * A program may interrupt another on the same CPU, but only ever runs to its
+ * end before the interrupted one resumes. So a sequence count suffices, as in
+ * the kernel's seqcount: a reader trusts the pair only if the count was even
+ * and unchanged around its reads (any write in between adds 2 or more), and a
+ * writer that finds it odd has interrupted another writer and leaves the memo
+ * to it.
  */
 static __always_inline __u32 net_inum(const struct net *net, bool direct)
 {
 	const struct net___cookie_u64 *n = (const void *)net;
 	struct cpu_memo *m;
 	__u64 cookie;
-	__u32 inum;
+	__u32 inum, seq;
 
 	if (!bpf_core_field_exists(n->net_cookie) || !(m = this_cpu_memo()))
 		return KREAD(direct, net->ns.inum);
 	cookie = KREAD(direct, n->net_cookie);
-	if (cookie && m->net_cookie == cookie) {
+	seq = m->net_seq;
+	barrier();
+	if (cookie && !(seq & 1) && m->net_cookie == cookie) {
 		inum = m->net_inum;
 		barrier();
-		if (m->net_cookie == cookie)
+		if (m->net_seq == seq)
 			return inum;
 	}
 	inum = KREAD(direct, net->ns.inum);
-	m->net_cookie = 0;
-	barrier();
-	m->net_inum = inum;
+	if (!cookie || (m->net_seq & 1))
+		return inum;
+	m->net_seq++;
 	barrier();
 	m->net_cookie = cookie;
+	m->net_inum = inum;
+	barrier();
+	m->net_seq++;
 	return inum;
 }
 
