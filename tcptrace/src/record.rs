@@ -46,7 +46,6 @@ use thiserror::Error;
 
 use crate::aggregate::{Aggregator, AggregatorConfig};
 use crate::clock::Clock;
-use crate::event;
 use crate::reasons::ResetReasons;
 use crate::report::Report;
 use crate::session::MAX_TRACKED_SOCKETS;
@@ -811,18 +810,10 @@ pub fn replay_report<R: Read>(reader: &mut RecordingReader<R>) -> Report {
     let mut last_ts = None;
     while let Some(block) = reader.next_block() {
         for rec in block.records() {
-            match event::decode(&rec[..EVENT_SIZE]) {
-                Ok(ev) => {
-                    last_ts = Some(last_ts.map_or(ev.ts_ns, |t: u64| t.max(ev.ts_ns)));
-                    let note = tracker.observe(&ev);
-                    if !note.repeat {
-                        agg.add(&ev, &note, &tracker);
-                    }
-                }
-                Err(e) => {
-                    log::debug!("undecodable record: {e}");
-                    agg.add_undecodable(1);
-                }
+            if let Some(ts) =
+                crate::session::ingest(&rec[..EVENT_SIZE], None, &mut tracker, &mut agg)
+            {
+                last_ts = Some(last_ts.map_or(ts, |t: u64| t.max(ts)));
             }
         }
     }

@@ -2,7 +2,7 @@ use std::io::Cursor as IoCursor;
 use std::net::SocketAddr;
 
 use super::*;
-use crate::event::{Detail, Event, Task, encode};
+use crate::event::{self, Detail, Event, Task, encode};
 use crate::snapshot::Direction;
 use crate::tcp::{Family, TcpState};
 

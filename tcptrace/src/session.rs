@@ -136,9 +136,9 @@ impl Session {
     pub fn drain(&mut self) -> Result<usize> {
         let (tracker, agg) = (&mut self.tracker, &mut self.agg);
         let mut flight = self.flight.as_mut();
-        let n = self
-            .reader
-            .drain(|bytes| ingest(bytes, flight.as_deref_mut(), tracker, agg));
+        let n = self.reader.drain(|bytes| {
+            ingest(bytes, flight.as_deref_mut(), tracker, agg);
+        });
         let lost = self.tracer.lost_events(self.tracker.repeats, false)?;
         if let Some(f) = &mut self.flight {
             f.set_lost(lost.total());
@@ -241,16 +241,17 @@ impl Session {
     }
 }
 
-/// The per-event path of the daemon and `watch`: keeps the record in the
-/// flight recorder if any, decodes it, tracks it and aggregates it (the
-/// replay benchmark measures exactly this).
+/// The per-event path of the daemon, `watch` and a recording's replay:
+/// keeps the record in the flight recorder if any, decodes it, tracks it and
+/// aggregates it (the replay benchmark measures exactly this). Returns the
+/// event's kernel timestamp, `None` for a record that did not decode.
 #[inline]
 pub fn ingest(
     record: &[u8],
     flight: Option<&mut crate::flight::FlightRecorder>,
     tracker: &mut Tracker,
     agg: &mut Aggregator,
-) {
+) -> Option<u64> {
     if let Some(f) = flight {
         f.push(record);
     }
@@ -260,10 +261,12 @@ pub fn ingest(
             if !note.repeat {
                 agg.add(&ev, &note, tracker);
             }
+            Some(ev.ts_ns)
         }
         Err(e) => {
             log::debug!("undecodable record: {e}");
             agg.add_undecodable(1);
+            None
         }
     }
 }
