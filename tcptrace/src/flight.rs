@@ -185,26 +185,39 @@ impl Slot {
             .expect("a slot is at least a record long")
     }
 
-    /// Writes `rec` past the caches (x86-64 streaming stores): the recorder
-    /// writes ~26 MB in a circle and reads it only for a dump, so caching
-    /// it would only evict the tracker's and aggregator's working set, and
-    /// each line would first be read from memory for nothing.
-    fn store(&mut self, rec: &Slot) {
+    /// Writes `record` (zero-padded to the slot) past the caches (x86-64
+    /// streaming stores): the recorder writes ~26 MB in a circle and reads
+    /// it only for a dump, so caching it would only evict the tracker's and
+    /// aggregator's working set, and each line would first be read from
+    /// memory for nothing. Straight from the ring's bytes: no copy on the way.
+    fn store(&mut self, record: &[u8]) {
         #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{__m128i, _mm_load_si128, _mm_stream_si128};
-            let src = std::ptr::from_ref(rec).cast::<__m128i>();
+        if let Some(record) = record.first_chunk::<EVENT_SIZE>() {
+            use std::arch::x86_64::{
+                __m128i, _mm_loadu_si128, _mm_setzero_si128, _mm_stream_si128,
+            };
+            const { assert!(EVENT_SIZE.is_multiple_of(16)) };
+            #[expect(clippy::cast_ptr_alignment, reason = "read with unaligned loads")]
+            let src = record.as_ptr().cast::<__m128i>();
             let dst = std::ptr::from_mut(self).cast::<__m128i>();
             for i in 0..SLOT_BYTES / 16 {
-                // SAFETY: SSE2 is part of x86_64; both Slots are 64-byte
-                // aligned and span SLOT_BYTES bytes.
-                unsafe { _mm_stream_si128(dst.add(i), _mm_load_si128(src.add(i))) };
+                // SAFETY: SSE2 is part of x86_64; the source is EVENT_SIZE
+                // bytes, read unaligned; the slot is 64-byte aligned and
+                // SLOT_BYTES long.
+                unsafe {
+                    let v = if i < EVENT_SIZE / 16 {
+                        _mm_loadu_si128(src.add(i))
+                    } else {
+                        _mm_setzero_si128()
+                    };
+                    _mm_stream_si128(dst.add(i), v);
+                }
             }
+            return;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            *self = *rec;
-        }
+        let n = record.len().min(EVENT_SIZE);
+        *self = Slot::EMPTY;
+        self.0[..n].copy_from_slice(&record[..n]);
     }
 }
 
@@ -284,7 +297,6 @@ impl FlightRecorder {
         {
             return;
         }
-        let n = bytes.len().min(EVENT_SIZE);
         let slot = if self.ring.len() < self.cap {
             self.ring.push(Slot::EMPTY);
             self.ring.len() - 1
@@ -294,9 +306,7 @@ impl FlightRecorder {
             self.head = if at + 1 == self.cap { 0 } else { at + 1 };
             at
         };
-        let mut rec = Slot::EMPTY;
-        rec.0[..n].copy_from_slice(&bytes[..n]);
-        self.ring[slot].store(&rec);
+        self.ring[slot].store(bytes);
         self.seq += 1;
         // Marks older than the oldest record, but the one in force there, go.
         let oldest = self.oldest_seq();

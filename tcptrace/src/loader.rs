@@ -10,7 +10,10 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Map, MapData, RingBuf};
+use aya::maps::{Map, MapData};
+
+use crate::mapping::{Mapping, page_size};
+use crate::ringbuf::Ring;
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tcptrace_ebpf::names;
@@ -142,7 +145,7 @@ impl fmt::Display for Attachment {
 pub struct Tracer {
     /// Owns the programs and their links; kept alive for the tracer's lifetime.
     _ebpf: Ebpf,
-    rings: Vec<RingBuf<MapData>>,
+    rings: Vec<Ring>,
     lost: CpuCounters,
     /// Skipped state events the catcher program handled after all.
     caught: CpuCounters,
@@ -244,8 +247,7 @@ impl Tracer {
         let mut ring_bufs = Vec::new();
         for name in &names::RING_MAPS[..rings as usize] {
             let map = ebpf.take_map(name).with_context(|| format!("map {name}"))?;
-            ring_bufs
-                .push(RingBuf::try_from(map).with_context(|| format!("open ring buffer {name}"))?);
+            ring_bufs.push(Ring::new(map).with_context(|| format!("map ring buffer {name}"))?);
         }
         let lost = CpuCounters::map(ebpf.take_map(names::LOST_MAP).context("lost map")?)
             .context("map the lost-event counter")?;
@@ -274,7 +276,7 @@ impl Tracer {
     }
 
     /// Hands the ring buffers to a reader (once).
-    pub fn take_rings(&mut self) -> Vec<RingBuf<MapData>> {
+    pub fn take_rings(&mut self) -> Vec<Ring> {
         std::mem::take(&mut self.rings)
     }
 
@@ -381,20 +383,14 @@ fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
-
 /// A per-CPU counter array (`lost`, `caught`), mapped read-only into our
 /// memory: reading it needs no syscall and no privilege, so it keeps working
 /// after `--user` drops them.
 struct CpuCounters {
     /// Keeps the map (and so the mapping's backing) alive.
     _map: MapData,
-    ptr: std::ptr::NonNull<u64>,
+    mapping: Mapping,
     slots: usize,
-    mapped: usize,
 }
 
 impl CpuCounters {
@@ -404,49 +400,30 @@ impl CpuCounters {
         };
         let slots = data.info().context("lost map info")?.max_entries() as usize;
         let page = page_size();
-        let mapped = (slots * 8).div_ceil(page) * page;
-        let fd = data.fd().as_fd().as_raw_fd();
-        // SAFETY: a read-only shared mapping of a BPF_F_MMAPABLE array map's
-        // fd, from offset 0, no longer than the map's page-rounded value area.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mmap the lost map");
-        }
-        let ptr = std::ptr::NonNull::new(addr.cast::<u64>()).context("mmap returned null")?;
+        // A BPF_F_MMAPABLE array's values, from offset 0, page-rounded.
+        let mapping = Mapping::new(
+            data.fd().as_fd(),
+            (slots * 8).div_ceil(page) * page,
+            0,
+            false,
+            "a per-CPU counter",
+        )?;
         Ok(Self {
             _map: data,
-            ptr,
+            mapping,
             slots,
-            mapped,
         })
     }
 
     fn sum(&self) -> u64 {
+        #[expect(clippy::cast_ptr_alignment, reason = "the mapping is page-aligned")]
+        let values = self.mapping.as_ptr().cast::<u64>();
         (0..self.slots)
-            // SAFETY: `slots` u64 values lie within the live mapping; the
-            // kernel updates them concurrently, hence the volatile read.
-            .map(|i| unsafe { self.ptr.as_ptr().add(i).read_volatile() })
+            // SAFETY: `slots` u64 values lie within the live, page-aligned
+            // mapping; the kernel updates them concurrently, hence the
+            // volatile read.
+            .map(|i| unsafe { values.add(i).read_volatile() })
             .sum()
-    }
-}
-
-// SAFETY: the mapping is read-only and owned by this value; reading it from
-// another thread is as sound as from this one.
-unsafe impl Send for CpuCounters {}
-
-impl Drop for CpuCounters {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the region mapped in `map`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
     }
 }
 
