@@ -99,12 +99,12 @@ trait Records {
 impl Records for &mut Ring {
     type Head = Head;
     fn head(&mut self) -> Option<Head> {
-        Ring::head(self)
+        let head = Ring::head(self)?;
+        prefetch_ahead(Ring::bytes(self, &head));
+        Some(head)
     }
     fn bytes(&self, head: &Head) -> &[u8] {
-        let bytes = Ring::bytes(self, head);
-        prefetch_ahead(bytes);
-        bytes
+        Ring::bytes(self, head)
     }
     fn consume(&mut self, head: Head) {
         Ring::consume(self, head);
@@ -144,28 +144,32 @@ fn timestamp(record: &[u8]) -> u64 {
 /// and each is consumed once `f` has it. One comparison per source and
 /// record: for the few rings a host uses, cheaper than sorting a drain.
 fn merge<R: Records>(sources: &mut [R], f: &mut impl FnMut(&[u8])) -> usize {
-    let mut heads: Vec<Option<R::Head>> = sources.iter_mut().map(Records::head).collect();
+    // Each head with its timestamp, read once.
+    let next = |src: &mut R| {
+        let head = src.head()?;
+        Some((timestamp(src.bytes(&head)), head))
+    };
+    let mut heads: Vec<Option<(u64, R::Head)>> = sources.iter_mut().map(next).collect();
     let mut n = 0;
     loop {
         let mut oldest: Option<(usize, u64)> = None;
         for (i, head) in heads.iter().enumerate() {
-            if let Some(h) = head {
-                let ts = timestamp(sources[i].bytes(h));
-                if oldest.is_none_or(|(_, t)| ts < t) {
-                    oldest = Some((i, ts));
-                }
+            if let Some((ts, _)) = *head
+                && oldest.is_none_or(|(_, t)| ts < t)
+            {
+                oldest = Some((i, ts));
             }
         }
         let Some((i, _)) = oldest else {
             return n;
         };
-        let Some(head) = heads[i].take() else {
+        let Some((_, head)) = heads[i].take() else {
             return n;
         };
         f(sources[i].bytes(&head));
         n += 1;
         sources[i].consume(head);
-        heads[i] = sources[i].head();
+        heads[i] = next(&mut sources[i]);
     }
 }
 
