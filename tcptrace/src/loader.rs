@@ -11,12 +11,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Map, MapData};
-
-use crate::mapping::{Mapping, page_size};
-use crate::ringbuf::Ring;
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tcptrace_ebpf::names;
+
+use crate::mapping::{Mapping, page_size};
+use crate::ringbuf::Ring;
 
 /// Which kind of tracepoint programs to attach.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

