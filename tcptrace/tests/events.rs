@@ -580,10 +580,23 @@ fn ring_buffers(pid: u32, size: u64) -> (usize, usize) {
 #[test]
 #[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
 fn two_rings_give_the_same_sequences_merged_by_time() {
-    let ns = Netns::new("rings");
-    let trace = Trace::events(&ns, &["--rings", "2", "--ring-size", "1M"]);
     // Two rings of the asked size in use; the object's other two shrank to a page.
-    assert_eq!(ring_buffers(trace.pid(), 1 << 20), (2, 2));
+    sequences_over_rings(2);
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn one_ring_gives_the_same_sequences() {
+    // The reader's single-ring path (no merge); the other three rings shrank.
+    sequences_over_rings(1);
+}
+
+/// Connections from two threads (so both CPUs write), traced with `rings`
+/// 1 MiB rings: every socket's full sequence, in timestamp order.
+fn sequences_over_rings(rings: usize) {
+    let ns = Netns::new("rings");
+    let trace = Trace::events(&ns, &["--rings", &rings.to_string(), "--ring-size", "1M"]);
+    assert_eq!(ring_buffers(trace.pid(), 1 << 20), (rings, 4 - rings));
     // Spread the work over both CPUs so that both rings carry events.
     let runs: Vec<_> = (0..2)
         .map(|_| {
