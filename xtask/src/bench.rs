@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: what tracing costs under connection churn.
 //!
 //! Runs the churn untraced and traced (a real `tcptrace daemon` with its
-//! defaults: full aggregation, /metrics, reports to a file) alternately, and
-//! prints, per pair and as medians: connections/s traced/untraced, events
+//! defaults: full aggregation, /metrics, reports to a file) alternately,
+//! untraced first and last, and prints, per pair and as medians: connections/s traced/untraced, events
 //! seen against the kernel's own counters, events lost, the daemon's CPU per
 //! event, the BPF programs' run time per event, and the daemon's peak RSS.
 //! Figures are printed next to their targets, never asserted.
@@ -13,6 +13,11 @@
 //! daemon again with the stats on, for the in-kernel figures only; the pair's
 //! ratio comes from the run without them, as a host in production runs, and
 //! the stats run's own ratio is printed beside it.
+//!
+//! Each traced run is compared with the mean of the untraced runs just
+//! before and after it (U T U S U T U S U ...: neighbours share theirs), so
+//! that a host whose speed drifts during the benchmark, as a shared VM's
+//! does, biases no ratio.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -151,31 +156,46 @@ fn per_event_ns(seconds: f64, events: u64) -> f64 {
     }
 }
 
+/// A traced run and the untraced runs either side of it, and, unless
+/// --no-bpf-stats, the bpf_stats run and the untraced run after that.
 struct Pair {
-    untraced: Outcome,
+    /// Before the traced run, between it and the stats run, after the
+    /// stats run. Neighbouring pairs share their edge runs.
+    untraced: Vec<Outcome>,
     /// bpf_stats off: the ratio, loss and userspace figures.
     traced: Traced,
     /// The same with bpf_stats on: the in-kernel figures.
     stats: Option<Traced>,
-    /// Other processes' tracing programs seen during either run.
+    /// Other processes' tracing programs seen during any of the runs.
     foreign: Vec<String>,
     /// 1-minute load average at the end of the pair (the churn's own
     /// threads count about 4): other work on the machine skews the ratio.
     load: f64,
+    /// Share of the CPUs' time the hypervisor gave to others over the pair
+    /// (/proc/stat steal): the host taking time skews the ratio too.
+    steal: f64,
 }
 
 impl Pair {
-    fn ratio(&self) -> f64 {
-        self.ratio_of(&self.traced)
+    /// The untraced rate around the `k`th traced run (0 = bpf_stats off):
+    /// the mean of the runs just before and just after it, which cancels a
+    /// host that speeds up or slows down steadily (on the development VM
+    /// the untraced rate moved by a third over a few minutes).
+    fn baseline(&self, k: usize) -> f64 {
+        f64::midpoint(
+            self.untraced[k].per_second(),
+            self.untraced[k + 1].per_second(),
+        )
     }
 
-    fn ratio_of(&self, t: &Traced) -> f64 {
-        t.churn.per_second() / self.untraced.per_second().max(1e-9)
+    fn ratio(&self) -> f64 {
+        self.traced.churn.per_second() / self.baseline(0).max(1e-9)
     }
 
     /// The ratio of the run with bpf_stats on, for comparison.
     fn stats_ratio(&self) -> Option<f64> {
-        self.stats.as_ref().map(|s| self.ratio_of(s))
+        let s = self.stats.as_ref()?;
+        Some(s.churn.per_second() / self.baseline(1).max(1e-9))
     }
 
     fn kernel_ns_per_event(&self) -> Option<f64> {
@@ -242,38 +262,37 @@ pub fn run(mut args: BenchArgs, bin: &Path, stop: &AtomicBool) -> Result<()> {
     }
 
     let mut pairs = Vec::new();
+    let mut edge = untraced_run(&cfg, stop)?;
     for i in 0..args.pairs {
-        // Alternate the order so that neither side always runs first; the
-        // ratio's two runs are always next to each other.
-        let with_stats = |stop| -> Result<Option<Traced>> {
-            (!args.no_bpf_stats)
-                .then(|| traced_run(&cfg, bin, &args, true, stop))
-                .transpose()
-        };
-        let (untraced, traced, stats) = if i % 2 == 0 {
-            let u = untraced_run(&cfg, stop)?;
-            let t = traced_run(&cfg, bin, &args, false, stop)?;
-            (u, t, with_stats(stop)?)
+        let steal0 = CpuTimes::now()?;
+        let traced = traced_run(&cfg, bin, &args, false, stop)?;
+        let mid = untraced_run(&cfg, stop)?;
+        let mut runs = vec![edge, mid];
+        let stats = if args.no_bpf_stats {
+            None
         } else {
-            let s = with_stats(stop)?;
-            let t = traced_run(&cfg, bin, &args, false, stop)?;
-            (untraced_run(&cfg, stop)?, t, s)
+            let s = traced_run(&cfg, bin, &args, true, stop)?;
+            runs.push(untraced_run(&cfg, stop)?);
+            Some(s)
         };
+        let steal = CpuTimes::now()?.steal_since(&steal0);
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             bail!("interrupted");
         }
-        let mut foreign = untraced.foreign;
+        let mut foreign: Vec<String> = runs.iter().flat_map(|u| u.foreign.clone()).collect();
         for t in std::iter::once(&traced).chain(&stats) {
             foreign.extend(t.foreign.iter().cloned());
         }
         foreign.sort();
         foreign.dedup();
+        edge = runs.last().expect("two or three runs").clone();
         let pair = Pair {
-            untraced: untraced.churn,
+            untraced: runs.into_iter().map(|u| u.churn).collect(),
             traced,
             stats,
             foreign,
             load: loadavg(),
+            steal,
         };
         if i == 0 {
             println!("{LEGEND}");
@@ -306,8 +325,11 @@ pub fn run(mut args: BenchArgs, bin: &Path, stop: &AtomicBool) -> Result<()> {
 /// Real breakage, as opposed to a missed target: nothing ran, or the
 /// tracer saw nothing of what ran.
 fn check(p: &Pair) -> Result<()> {
-    let runs =
-        std::iter::once(("untraced", &p.untraced)).chain(p.runs().map(|t| ("traced", &t.churn)));
+    let runs = p
+        .untraced
+        .iter()
+        .map(|u| ("untraced", u))
+        .chain(p.runs().map(|t| ("traced", &t.churn)));
     for (what, o) in runs {
         if o.connections == 0 {
             bail!(
@@ -327,6 +349,7 @@ fn check(p: &Pair) -> Result<()> {
 const SETTLE: Duration = Duration::from_millis(500);
 
 /// A run without the daemon.
+#[derive(Clone)]
 struct Untraced {
     churn: Outcome,
     /// Other processes' tracing programs seen around the run.
@@ -447,7 +470,7 @@ fn row(label: &str, p: &Pair) -> String {
     let t = &p.traced;
     format!(
         "{label:<7} {:>10.0} {:>10.0} {:>6.3} {:>7} {:>10} {:>10} {:>6.2}% {:>10} {:>6} {:>6} {:>6} {:>8.1} {:>8.1} {:>9} {:>8.1}",
-        p.untraced.per_second(),
+        p.baseline(0),
         t.churn.per_second(),
         p.ratio(),
         or_dash(p.stats_ratio(), 3),
@@ -470,6 +493,42 @@ fn or_dash(x: Option<f64>, decimals: usize) -> String {
     x.map_or_else(|| "-".to_string(), |x| format!("{x:.decimals$}"))
 }
 
+/// The CPUs' time in /proc/stat, all of it and the part stolen.
+struct CpuTimes {
+    total: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+        // cpu  user nice system idle iowait irq softirq steal guest guest_nice;
+        // guest time is counted in user time already.
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("cpu "))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|t| t.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ticks.len() < 8 {
+            bail!("/proc/stat: no cpu line with a steal column");
+        }
+        Ok(Self {
+            total: ticks[..8].iter().sum(),
+            steal: ticks[7],
+        })
+    }
+
+    fn steal_since(&self, before: &Self) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        self.steal.saturating_sub(before.steal) as f64 / total.max(1) as f64
+    }
+}
+
 fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -480,17 +539,23 @@ fn loadavg() -> f64 {
 fn notes(p: &Pair) -> String {
     let t = &p.traced;
     let mut s = format!(
-        "  daemon {:.0}% of a CPU, load {:.1}",
+        "  daemon {:.0}% of a CPU, load {:.1}, steal {:.1}%, untraced runs {}",
         100.0 * (t.user_s + t.sys_s) / t.churn.elapsed.as_secs_f64().max(1e-9),
-        p.load
+        p.load,
+        100.0 * p.steal,
+        p.untraced
+            .iter()
+            .map(|u| format!("{:.0}", u.per_second()))
+            .collect::<Vec<_>>()
+            .join("/"),
     );
-    let errors = p.untraced.errors + t.churn.errors;
+    let errors = p.untraced.iter().map(|u| u.errors).sum::<u64>() + t.churn.errors;
     if errors > 0 {
         let first = t
             .churn
             .first_error
             .as_ref()
-            .or(p.untraced.first_error.as_ref());
+            .or_else(|| p.untraced.iter().find_map(|u| u.first_error.as_ref()));
         let _ = write!(
             s,
             "  ({errors} connect errors: {})",
@@ -555,7 +620,7 @@ fn medians(pairs: &[Pair]) -> Medians {
         (!v.is_empty()).then(|| median(v))
     };
     Medians {
-        untraced: m(&|p| p.untraced.per_second()),
+        untraced: m(&|p| p.baseline(0)),
         traced: m(&|p| p.traced.churn.per_second()),
         ratio: m(&Pair::ratio),
         stats_ratio: some(&Pair::stats_ratio),
@@ -683,7 +748,8 @@ fn targets(m: &Medians) -> String {
     out
 }
 
-const LEGEND: &str = "columns: untr/traced c/s = connections/s without/with the daemon (bpf_stats off); \
+const LEGEND: &str = "columns: untr/traced c/s = connections/s without (the mean of the untraced runs either \
+side) and with the daemon (bpf_stats off); \
 stats r = the ratio of the pair's third run, the daemon with bpf_stats on, which gives the kernel ns column; expected = from the \
 namespace's kernel counters (a reset beyond the mode's own that hits a full socket adds a recv_reset the \
 counters cannot show, so seen may exceed expected by up to the extra resets); seen = the namespace's events \
@@ -707,15 +773,23 @@ fn to_json(
         .iter()
         .map(|p| {
             let mut v = traced_json(&p.traced);
-            v["untraced_conn_per_s"] = json!(p.untraced.per_second());
-            v["untraced_connections"] = json!(p.untraced.connections);
+            v["untraced_conn_per_s"] = json!(p.baseline(0));
+            v["untraced_runs_conn_per_s"] = json!(
+                p.untraced
+                    .iter()
+                    .map(Outcome::per_second)
+                    .collect::<Vec<_>>()
+            );
+            v["steal_pct"] = num(100.0 * p.steal);
             v["ratio"] = json!(p.ratio());
-            v["connect_errors"] = json!(p.untraced.errors + p.traced.churn.errors);
+            v["connect_errors"] =
+                json!(p.untraced.iter().map(|u| u.errors).sum::<u64>() + p.traced.churn.errors);
             v["other_tracers"] = json!(p.foreign);
             v["loadavg_1m"] = num(p.load);
             v["bpf_stats_run"] = p.stats.as_ref().map_or(Value::Null, |s| {
                 let mut v = traced_json(s);
-                v["ratio"] = json!(p.ratio_of(s));
+                v["untraced_conn_per_s"] = json!(p.baseline(1));
+                v["ratio"] = num(p.stats_ratio().unwrap_or(f64::NAN));
                 v
             });
             v
