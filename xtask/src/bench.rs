@@ -2,10 +2,11 @@
 //!
 //! Runs the churn untraced and traced (a real `tcptrace daemon` with its
 //! defaults: full aggregation, /metrics, reports to a file) alternately,
-//! untraced first and last, and prints, per pair and as medians: connections/s traced/untraced, events
-//! seen against the kernel's own counters, events lost, the daemon's CPU per
-//! event, the BPF programs' run time per event, and the daemon's peak RSS.
-//! Figures are printed next to their targets, never asserted.
+//! untraced first and last, and prints, per pair and as medians:
+//! connections/s traced/untraced, events seen against the kernel's own
+//! counters, events lost, the daemon's CPU per event, the BPF programs' run
+//! time per event, and the daemon's peak RSS. Figures are printed next to
+//! their targets, never asserted.
 //!
 //! The BPF programs' run time needs kernel.bpf_stats_enabled, which makes
 //! every program run read the clock twice more: an instrument that would
