@@ -411,8 +411,8 @@ fn traced_run(
     thread::sleep(SETTLE);
 
     let active_opens = c1.delta(&c0, "Tcp:ActiveOpens");
-    // Resets beyond the mode's own (a listener answering a late segment of
-    // a closed connection when the server ran late) are one event each.
+    // Resets beyond the mode's own (mostly TIME_WAIT overflow, see
+    // `Mode::resets_per_connection`) are one event each.
     let extra_resets = c1
         .delta(&c0, "Tcp:OutRsts")
         .saturating_sub(count(active_opens as f64 * out.resets_per_connection()));
