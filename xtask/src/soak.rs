@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::churn::{self, Mode, Progress};
 use crate::netns::Netns;
-use crate::tracer::Daemon;
+use crate::tracer::{self, Daemon};
 
 #[derive(Debug, clap::Args)]
 pub struct SoakArgs {
@@ -116,6 +116,7 @@ pub fn run(args: &SoakArgs, bin: &Path, stop: &AtomicBool) -> Result<()> {
             m.get("tcptrace_events_lost_skipped_total"),
         )
     });
+    let misses = skipped_per_program(daemon.pid);
     let log = daemon.log_text();
     let (status, reports) = daemon.stop()?;
     if !status.success() {
@@ -132,6 +133,7 @@ pub fn run(args: &SoakArgs, bin: &Path, stop: &AtomicBool) -> Result<()> {
             .map_or_else(String::new, |e| format!(" (first: {e})")),
         reports.len(),
     );
+    println!("runs skipped by the kernel's recursion guard, per program: {misses}");
     if outcome.connections == 0 {
         bail!("the churn made no connection");
     }
@@ -230,6 +232,24 @@ fn verdict(samples: &[Sample]) -> String {
         slack as f64 / 1024.0,
         if fds_ok { "steady" } else { "GROWING" },
     )
+}
+
+/// Which of the daemon's programs the kernel skipped, and how often. Only
+/// the state program has a catcher, so a skip of any other is a lost event.
+fn skipped_per_program(pid: u32) -> String {
+    let Ok(programs) = tracer::bpf_programs(pid) else {
+        return "unknown (bpftool failed)".to_string();
+    };
+    let skipped: Vec<String> = programs
+        .values()
+        .filter(|s| s.recursion_misses > 0)
+        .map(|s| format!("{} {}", s.name, s.recursion_misses))
+        .collect();
+    if skipped.is_empty() {
+        "none".to_string()
+    } else {
+        skipped.join(", ")
+    }
 }
 
 #[cfg(test)]
