@@ -398,7 +398,7 @@ impl CpuCounters {
         let Map::Array(data) = map else {
             bail!("not an array map")
         };
-        let slots = data.info().context("lost map info")?.max_entries() as usize;
+        let slots = data.info().context("counter map info")?.max_entries() as usize;
         let page = page_size();
         // A BPF_F_MMAPABLE array's values, from offset 0, page-rounded.
         let mapping = Mapping::new(

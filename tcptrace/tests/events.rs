@@ -587,7 +587,7 @@ fn two_rings_give_the_same_sequences_merged_by_time() {
 #[test]
 #[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
 fn one_ring_gives_the_same_sequences() {
-    // The reader's single-ring path (no merge); the other three rings shrank.
+    // One ring goes through the reader's merge too; the other three shrank.
     sequences_over_rings(1);
 }
 

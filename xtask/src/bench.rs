@@ -183,10 +183,7 @@ impl Pair {
     /// host that speeds up or slows down steadily (on the development VM
     /// the untraced rate moved by a third over a few minutes).
     fn baseline(&self, k: usize) -> f64 {
-        f64::midpoint(
-            self.untraced[k].per_second(),
-            self.untraced[k + 1].per_second(),
-        )
+        around(&self.untraced, k)
     }
 
     fn ratio(&self) -> f64 {
@@ -489,6 +486,12 @@ fn row(label: &str, p: &Pair) -> String {
     ) + &notes(p)
 }
 
+/// The mean rate of untraced runs `k` and `k + 1`: the runs either side of
+/// the `k`th traced run of a pair.
+fn around(untraced: &[Outcome], k: usize) -> f64 {
+    f64::midpoint(untraced[k].per_second(), untraced[k + 1].per_second())
+}
+
 /// A figure that only the bpf_stats run has.
 fn or_dash(x: Option<f64>, decimals: usize) -> String {
     x.map_or_else(|| "-".to_string(), |x| format!("{x:.decimals$}"))
@@ -502,7 +505,10 @@ struct CpuTimes {
 
 impl CpuTimes {
     fn now() -> Result<Self> {
-        let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+        Self::parse(&std::fs::read_to_string("/proc/stat").context("read /proc/stat")?)
+    }
+
+    fn parse(stat: &str) -> Result<Self> {
         // cpu  user nice system idle iowait irq softirq steal guest guest_nice;
         // guest time is counted in user time already.
         let ticks: Vec<u64> = stat
@@ -949,4 +955,41 @@ fn criterion_throughput(bench: &Path) -> Option<f64> {
     let elements = read("benchmark.json")?["throughput"]["Elements"].as_f64()?;
     let mean_ns = read("estimates.json")?["mean"]["point_estimate"].as_f64()?;
     (mean_ns > 0.0).then(|| elements / (mean_ns / 1e9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(connections: u64) -> Outcome {
+        Outcome {
+            connections,
+            errors: 0,
+            first_error: None,
+            server_errors: 0,
+            by_mode: [connections, 0, 0, 0],
+            elapsed: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn each_traced_run_is_measured_against_the_untraced_runs_either_side() {
+        // 40k, 50k and 45k connections/s: the traced run between the first
+        // two is compared with 45k, the stats run after it with 47.5k.
+        let untraced = [run(200_000), run(250_000), run(225_000)];
+        assert!((around(&untraced, 0) - 45_000.0).abs() < 1e-9);
+        assert!((around(&untraced, 1) - 47_500.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn steal_is_the_stolen_share_of_all_cpu_time() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let before = CpuTimes::parse("cpu  100 0 50 800 0 0 30 20 7 0\ncpu0 1 2 3\n").unwrap();
+        let after = CpuTimes::parse("cpu  400 0 150 1200 0 0 130 120 9 0\n").unwrap();
+        assert_eq!((before.total, before.steal), (1_000, 20));
+        // 1,000 ticks passed (guest time is inside user time), 100 stolen.
+        assert!((after.steal_since(&before) - 0.1).abs() < 1e-12);
+        assert!(CpuTimes::parse("cpu  1 2 3\n").is_err(), "no steal column");
+        assert!(CpuTimes::parse("intr 5\n").is_err(), "no cpu line");
+    }
 }
