@@ -49,6 +49,9 @@ pub mod names {
     pub const STATE_CATCHER: &str = "catch_inet_sock_set_state";
     /// `const volatile __u64`: bytes waiting in the ring that force a wake-up.
     pub const WAKEUP_BYTES: &str = "wakeup_bytes";
+    pub const STAGE_MAP: &str = "stage";
+    pub const NESTED_RING: &str = "events_nested";
+    pub const BATCH_RECORDS: &str = "batch_records";
 }
 
 /// Mirror of `struct tcptrace_event` in `src/bpf/tcptrace.h`; see there for
@@ -81,6 +84,16 @@ pub struct RawEvent {
 
 /// Size of one ring-buffer record.
 pub const EVENT_SIZE: usize = abi::C_EVENT_SIZE;
+
+/// The layout of a CPU's stage and of a batch (tcptrace.h: `struct
+/// tcptrace_stage`, `struct tcptrace_batch`), generated from the header.
+pub mod batch {
+    pub use super::abi::{
+        C_BATCH_COUNT as COUNT, C_BATCH_CPU as CPU, C_BATCH_GEN as GEN, C_BATCH_MAX as MAX,
+        C_BATCH_SIZE as HEADER, C_STAGE_GEN as STAGE_GEN, C_STAGE_N as STAGE_N,
+        C_STAGE_REC as STAGE_REC, C_STAGE_SIZE as STAGE_SIZE,
+    };
+}
 
 impl RawEvent {
     /// Reads a record from ring-buffer bytes; `None` if there are too few.

@@ -32,6 +32,7 @@ pub mod session;
 pub mod signals;
 pub mod snapshot;
 pub mod sockets;
+pub mod stage;
 pub mod tcp;
 pub mod track;
 pub mod view;

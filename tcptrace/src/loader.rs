@@ -16,7 +16,9 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use tcptrace_ebpf::names;
 
 use crate::mapping::{Mapping, page_size};
+use crate::reader::Sources;
 use crate::ringbuf::Ring;
+use crate::stage::Stages;
 
 /// Which kind of tracepoint programs to attach.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -110,6 +112,45 @@ pub fn default_rings() -> u32 {
     u32::try_from(cpus).unwrap_or(MAX_RINGS).clamp(1, MAX_RINGS)
 }
 
+/// The CPUs' rings in use, the nested ring and the stages, mapped.
+fn take_sources(ebpf: &mut Ebpf, rings: u32) -> Result<Sources> {
+    let mut ring_bufs = Vec::new();
+    for name in names::RING_MAPS[..rings as usize]
+        .iter()
+        .chain([&names::NESTED_RING])
+    {
+        let map = ebpf.take_map(name).with_context(|| format!("map {name}"))?;
+        ring_bufs.push(Ring::new(map).with_context(|| format!("map ring buffer {name}"))?);
+    }
+    let nested = ring_bufs.pop().context("the nested ring")?;
+    let stages = Stages::new(ebpf.take_map(names::STAGE_MAP).context("stage map")?)
+        .context("map the per-CPU stages")?;
+    Ok(Sources {
+        rings: ring_bufs,
+        nested,
+        stages,
+    })
+}
+
+/// Records per batch: as many as a stage holds when every CPU has a ring of
+/// its own, else 1. A ring is in time order only if one CPU writes its
+/// batches; with one record per batch, a record is sent as soon as it is
+/// complete, as without stages, and a shared ring stays in commit order.
+fn batch_records(rings: u32, cpus: usize) -> u32 {
+    if rings as usize >= cpus {
+        tcptrace_ebpf::batch::MAX as u32
+    } else {
+        1
+    }
+}
+
+/// The nested ring (records of a program that interrupted another one on
+/// its CPU, one in a few thousand under churn): an eighth of a CPU's ring,
+/// at least a page.
+fn nested_ring_bytes(ring_bytes: u32) -> u32 {
+    (ring_bytes / 8).max(page_size() as u32)
+}
+
 impl Default for TracerConfig {
     fn default() -> Self {
         // 4 MiB held a 10 ms poll interval of loopback churn with no loss where
@@ -145,7 +186,7 @@ impl fmt::Display for Attachment {
 pub struct Tracer {
     /// Owns the programs and their links; kept alive for the tracer's lifetime.
     _ebpf: Ebpf,
-    rings: Vec<Ring>,
+    sources: Option<Sources>,
     lost: CpuCounters,
     /// Skipped state events the catcher program handled after all.
     caught: CpuCounters,
@@ -186,11 +227,15 @@ impl Tracer {
             log::info!("{} ports: filtering in userspace only", config.ports.len());
             0
         };
+        let batch = batch_records(rings, cpus);
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
             .map_max_entries(names::LOST_MAP, cpus as u32)
             .map_max_entries(names::CAUGHT_MAP, cpus as u32)
+            .map_max_entries(names::STAGE_MAP, cpus as u32)
+            .map_max_entries(names::NESTED_RING, nested_ring_bytes(config.ring_bytes))
+            .override_global(names::BATCH_RECORDS, &batch, true)
             .override_global(names::WAKEUP_BYTES, &config.wakeup_bytes, true)
             .override_global(names::NR_RINGS, &rings, true)
             .override_global(names::FILTER_NETNS, &filter_netns, true)
@@ -244,18 +289,14 @@ impl Tracer {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut ring_bufs = Vec::new();
-        for name in &names::RING_MAPS[..rings as usize] {
-            let map = ebpf.take_map(name).with_context(|| format!("map {name}"))?;
-            ring_bufs.push(Ring::new(map).with_context(|| format!("map ring buffer {name}"))?);
-        }
+        let sources = take_sources(&mut ebpf, rings)?;
         let lost = CpuCounters::map(ebpf.take_map(names::LOST_MAP).context("lost map")?)
             .context("map the lost-event counter")?;
         let caught = CpuCounters::map(ebpf.take_map(names::CAUGHT_MAP).context("caught map")?)
             .context("map the caught-event counter")?;
         Ok(Self {
             _ebpf: ebpf,
-            rings: ring_bufs,
+            sources: Some(sources),
             fdinfo,
             missed: std::cell::Cell::new(((0, 0), None)),
             lost,
@@ -275,9 +316,11 @@ impl Tracer {
         hooks.join(", ")
     }
 
-    /// Hands the ring buffers to a reader (once).
-    pub fn take_rings(&mut self) -> Vec<Ring> {
-        std::mem::take(&mut self.rings)
+    /// Hands the ring buffers and the stages to a reader (once).
+    pub fn take_sources(&mut self) -> Result<Sources> {
+        self.sources
+            .take()
+            .context("the ring buffers were handed to a reader already")
     }
 
     /// Events lost, by cause: records the ring could not take (summed over

@@ -1,35 +1,67 @@
-//! Drains the BPF ring buffers.
+//! Drains the BPF ring buffers and the per-CPU stages.
 //!
 //! The programs submit without waking userspace (`BPF_RB_NO_WAKEUP`): a wake-up
 //! per event costs more than the rest of the pipeline. The reader therefore
 //! wakes on a short timer, or earlier when the kernel forces a wake-up because
-//! the ring passed its fill threshold, and then drains every ring completely.
+//! the ring passed its fill threshold, and then drains every ring.
 //! It takes any number of rings so that many-core hosts can use one per CPU.
+//!
+//! Every ring record is a batch of records (tcptrace.h: `struct
+//! tcptrace_batch`) that one CPU staged; records still staged are taken from
+//! the stages in place ([`crate::stage`]). Each CPU's ring, its stage and the
+//! nested ring are each in time order, and the reader merges them by
+//! timestamp, up to the moment the drain began: a record staged on one CPU
+//! may not be visible yet while a later event of the same socket, on another
+//! CPU, already is, but that later event happened after the drain began.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::pin;
+use std::sync::atomic::{Ordering, fence};
 use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tcptrace_ebpf::EVENT_SIZE;
+use tcptrace_ebpf::batch;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use crate::clock::Clock;
 use crate::ringbuf::{Head, Ring};
+use crate::stage::{Books, Record, Stages};
 
 /// Default interval between drains when no wake-up arrives.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(10);
 
+/// What the loaded programs write to: each CPU's ring (CPU c writes to ring
+/// c % rings), the ring of records written by a program that interrupted
+/// another, and the stages.
+pub struct Sources {
+    pub rings: Vec<Ring>,
+    pub nested: Ring,
+    pub stages: Stages,
+}
+
 pub struct Reader {
+    /// The CPUs' rings, then the nested ring.
     rings: Vec<AsyncFd<Ring>>,
+    /// Where reading stands in each ring's current batch.
+    cursors: Vec<Cursor>,
+    stages: Stages,
     poll: Duration,
 }
 
 impl Reader {
-    pub fn new(rings: Vec<Ring>, poll: Duration) -> Result<Self> {
-        let mut registered = Vec::with_capacity(rings.len());
-        for ring in rings {
+    pub fn new(sources: Sources, poll: Duration) -> Result<Self> {
+        let Sources {
+            rings,
+            nested,
+            stages,
+        } = sources;
+        let staged = rings.len();
+        let mut registered = Vec::with_capacity(staged + 1);
+        for ring in rings.into_iter().chain([nested]) {
             // SAFETY: the fd belongs to the ring's map, which the AsyncFd
             // owns: it stays open, and the same, until the AsyncFd is dropped.
             let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -37,8 +69,17 @@ impl Reader {
                 .context("register the ring buffer with tokio")?;
             registered.push(fd);
         }
+        // The nested ring's records were never staged: nothing to skip.
+        let cursors = (0..=staged)
+            .map(|i| Cursor {
+                open: None,
+                staged: i < staged,
+            })
+            .collect();
         Ok(Self {
             rings: registered,
+            cursors,
+            stages,
             poll,
         })
     }
@@ -60,43 +101,140 @@ impl Reader {
         .await;
     }
 
-    /// Hands every record waiting in every ring to `f`; returns how many.
-    /// Rings are merged by their records' kernel timestamp (the first 8
-    /// bytes), each ring being in time order itself, so that one socket's
-    /// events, written from different CPUs, reach the tracker in the order
-    /// they happened.
+    /// Hands every record older than this call to `f`, oldest first, from
+    /// the rings and the stages; returns how many. Merged by the records'
+    /// kernel timestamp (their first 8 bytes), so that one socket's events,
+    /// written from different CPUs, reach the tracker in the order they
+    /// happened. Younger records wait for the next drain.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        // One ring goes through the merge too: a comparison per record, on a
-        // timestamp read from a line that is read anyway.
-        let mut rings: Vec<&mut Ring> = self.rings.iter_mut().map(AsyncFd::get_mut).collect();
-        let n = merge(&mut rings, &mut f);
-        for ring in rings {
-            ring.publish();
+        let until = Clock::monotonic_now_ns();
+        // The clock read before any stage or ring is looked at: a record not
+        // visible below was completed after this, and so was any later
+        // event of its socket (see the module comment).
+        fence(Ordering::SeqCst);
+        self.stages.take();
+        let (queues, books) = self.stages.parts();
+        let mut sources: Vec<Source<'_>> = self
+            .rings
+            .iter_mut()
+            .zip(&mut self.cursors)
+            .map(|(ring, cursor)| Source::Ring {
+                ring: ring.get_mut(),
+                cursor,
+            })
+            .chain(queues.iter_mut().map(Source::Staged))
+            .collect();
+        let n = merge(&mut sources, books, until, &mut f);
+        drop(sources);
+        for ring in &mut self.rings {
+            ring.get_mut().publish();
         }
         n
     }
 }
 
-/// A source of records in time order: a ring, or a queue in tests.
+/// A ring's batch being read: its ring record and the next record in it.
+struct Cursor {
+    open: Option<Open>,
+    /// Whether its batches' records were staged, and some may have been
+    /// taken from the stage already.
+    staged: bool,
+}
+
+struct Open {
+    head: Head,
+    count: usize,
+    next: usize,
+}
+
+/// The header of a batch, and whether its records are all there.
+fn batch_header(bytes: &[u8]) -> Option<(u64, u32, usize)> {
+    let field = |at: usize, len: usize| bytes.get(at..at + len);
+    let generation = u64::from_ne_bytes(field(batch::GEN, 8)?.try_into().ok()?);
+    let cpu = u32::from_ne_bytes(field(batch::CPU, 4)?.try_into().ok()?);
+    let count = usize::from(u16::from_ne_bytes(field(batch::COUNT, 2)?.try_into().ok()?));
+    (bytes.len() >= batch::HEADER + count * EVENT_SIZE).then_some((generation, cpu, count))
+}
+
+/// A source of records in time order.
 trait Records {
     type Head;
-    fn head(&mut self) -> Option<Self::Head>;
+    fn head(&mut self, books: &mut Books) -> Option<Self::Head>;
     fn bytes(&self, head: &Self::Head) -> &[u8];
     fn consume(&mut self, head: Self::Head);
 }
 
-impl Records for &mut Ring {
-    type Head = Head;
-    fn head(&mut self) -> Option<Head> {
-        let head = Ring::head(self)?;
-        prefetch_ahead(Ring::bytes(self, &head));
-        Some(head)
+enum Source<'a> {
+    /// A ring's batches, read in place.
+    Ring {
+        ring: &'a mut Ring,
+        cursor: &'a mut Cursor,
+    },
+    /// Records taken from a CPU's stage.
+    Staged(&'a mut VecDeque<Record>),
+}
+
+impl Records for Source<'_> {
+    /// Where the record starts in its batch's bytes (rings only).
+    type Head = usize;
+
+    fn head(&mut self, books: &mut Books) -> Option<usize> {
+        let (ring, cursor) = match self {
+            Source::Ring { ring, cursor } => (ring, cursor),
+            Source::Staged(queue) => return (!queue.is_empty()).then_some(0),
+        };
+        loop {
+            if let Some(open) = &cursor.open {
+                let at = batch::HEADER + open.next * EVENT_SIZE;
+                prefetch_ahead(ring.bytes(&open.head).get(at..).unwrap_or_default());
+                return Some(at);
+            }
+            let head = ring.head()?;
+            match batch_header(ring.bytes(&head)) {
+                Some((generation, cpu, count)) => {
+                    let next = if cursor.staged {
+                        books.skip(cpu, generation)
+                    } else {
+                        0
+                    };
+                    if next < count {
+                        cursor.open = Some(Open { head, count, next });
+                    } else {
+                        ring.consume(head);
+                    }
+                }
+                // Not a batch: cannot come from our programs.
+                None => ring.consume(head),
+            }
+        }
     }
-    fn bytes(&self, head: &Head) -> &[u8] {
-        Ring::bytes(self, head)
+
+    fn bytes(&self, at: &usize) -> &[u8] {
+        match self {
+            Source::Ring { ring, cursor } => cursor.open.as_ref().map_or(&[], |open| {
+                ring.bytes(&open.head)
+                    .get(*at..*at + EVENT_SIZE)
+                    .unwrap_or_default()
+            }),
+            Source::Staged(queue) => queue.front().map_or(&[], |r| &r[..]),
+        }
     }
-    fn consume(&mut self, head: Head) {
-        Ring::consume(self, head);
+
+    fn consume(&mut self, _: usize) {
+        match self {
+            Source::Ring { ring, cursor } => {
+                let Some(open) = &mut cursor.open else { return };
+                open.next += 1;
+                if open.next >= open.count
+                    && let Some(open) = cursor.open.take()
+                {
+                    ring.consume(open.head);
+                }
+            }
+            Source::Staged(queue) => {
+                queue.pop_front();
+            }
+        }
     }
 }
 
@@ -118,8 +256,8 @@ fn prefetch_ahead(record: &[u8]) {
     let _ = record;
 }
 
-/// Four records ahead (each is a header and an event).
-const PREFETCH_BYTES: usize = 4 * (EVENT_SIZE + 8);
+/// Four records ahead in a batch.
+const PREFETCH_BYTES: usize = 4 * EVENT_SIZE;
 
 /// The kernel timestamp that starts a record.
 fn timestamp(record: &[u8]) -> u64 {
@@ -128,17 +266,23 @@ fn timestamp(record: &[u8]) -> u64 {
         .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
 }
 
-/// Merges sources that are each in time order: `f` gets every record,
-/// oldest first; ties go to the lower source. Records are read in place,
-/// and each is consumed once `f` has it. One comparison per source and
-/// record: for the few rings a host uses, cheaper than sorting a drain.
-fn merge<R: Records>(sources: &mut [R], f: &mut impl FnMut(&[u8])) -> usize {
+/// Merges sources that are each in time order: `f` gets every record older
+/// than `until`, oldest first; ties go to the lower source. Records are
+/// read in place, and each is consumed once `f` has it. One comparison per
+/// source and record: for the few rings a host uses, cheaper than sorting a
+/// drain.
+fn merge<R: Records>(
+    sources: &mut [R],
+    books: &mut Books,
+    until: u64,
+    f: &mut impl FnMut(&[u8]),
+) -> usize {
     // Each head with its timestamp, read once.
-    let next = |src: &mut R| {
-        let head = src.head()?;
+    let mut next = |src: &mut R| {
+        let head = src.head(books)?;
         Some((timestamp(src.bytes(&head)), head))
     };
-    let mut heads: Vec<Option<(u64, R::Head)>> = sources.iter_mut().map(next).collect();
+    let mut heads: Vec<Option<(u64, R::Head)>> = sources.iter_mut().map(&mut next).collect();
     let mut n = 0;
     loop {
         let mut oldest: Option<(usize, u64)> = None;
@@ -149,7 +293,7 @@ fn merge<R: Records>(sources: &mut [R], f: &mut impl FnMut(&[u8])) -> usize {
                 oldest = Some((i, ts));
             }
         }
-        let Some((i, _)) = oldest else {
+        let Some((i, _)) = oldest.filter(|&(_, ts)| ts < until) else {
             return n;
         };
         let Some((_, head)) = heads[i].take() else {
@@ -165,16 +309,17 @@ fn merge<R: Records>(sources: &mut [R], f: &mut impl FnMut(&[u8])) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
+    use crate::ringbuf::testing::{produced, ring, write};
+    use crate::stage::testing::{sent, stage, stages};
 
     #[test]
-    fn records_of_several_rings_come_out_in_timestamp_order() {
+    fn records_of_several_sources_come_out_in_timestamp_order() {
         let rec = |ts: u64, tag: u8| {
             let mut r = ts.to_ne_bytes().to_vec();
             r.push(tag);
             r
         };
-        // Each ring in time order, as the kernel writes them.
+        // Each source in time order, as the kernel writes them.
         let mut rings = [
             vec![rec(10, b'a'), rec(30, b'c'), rec(40, b'e')],
             vec![rec(10, b'b'), rec(35, b'd')],
@@ -183,16 +328,137 @@ mod tests {
         ]
         .map(VecDeque::from);
         let mut seen = Vec::new();
-        let n = merge(&mut rings, &mut |r: &[u8]| seen.push(r[8]));
+        let n = merge(
+            &mut rings,
+            &mut Books::default(),
+            u64::MAX,
+            &mut |r: &[u8]| {
+                seen.push(r[8]);
+            },
+        );
         assert_eq!(n, 6);
         assert_eq!(seen, b"abcdef", "by time; equal times go to the lower ring");
         assert!(rings.iter().all(VecDeque::is_empty));
     }
 
-    /// A queue as a ring: the head is the front record.
+    /// A record of the given timestamp, tagged in its last byte.
+    fn event(ts: u64, tag: u8) -> Record {
+        let mut r = [0; EVENT_SIZE];
+        r[..8].copy_from_slice(&ts.to_ne_bytes());
+        r[EVENT_SIZE - 1] = tag;
+        r
+    }
+
+    /// A batch as the kernel sends it: header, then the records.
+    fn batch_of(cpu: u32, generation: u64, records: &[Record]) -> Vec<u8> {
+        let mut b = vec![0; batch::HEADER];
+        b[batch::GEN..batch::GEN + 8].copy_from_slice(&generation.to_ne_bytes());
+        b[batch::CPU..batch::CPU + 4].copy_from_slice(&cpu.to_ne_bytes());
+        let count = u16::try_from(records.len()).unwrap();
+        b[batch::COUNT..batch::COUNT + 2].copy_from_slice(&count.to_ne_bytes());
+        for r in records {
+            b.extend_from_slice(r);
+        }
+        b
+    }
+
+    /// Merges the two rings (the first staged, the second nested) and the
+    /// stages' queues up to `until`; returns the tags handed out.
+    fn drain(rings: &mut [Ring], cursors: &mut [Cursor], st: &mut Stages, until: u64) -> Vec<u8> {
+        st.take();
+        let (queues, books) = st.parts();
+        let mut sources: Vec<Source<'_>> = rings
+            .iter_mut()
+            .zip(cursors.iter_mut())
+            .map(|(ring, cursor)| Source::Ring { ring, cursor })
+            .chain(queues.iter_mut().map(Source::Staged))
+            .collect();
+        let mut tags = Vec::new();
+        merge(&mut sources, books, until, &mut |r: &[u8]| {
+            tags.push(r[EVENT_SIZE - 1]);
+        });
+        tags
+    }
+
+    fn cursors() -> Vec<Cursor> {
+        [true, false]
+            .map(|staged| Cursor { open: None, staged })
+            .into()
+    }
+
+    #[test]
+    fn batches_merge_by_time_and_a_batch_read_in_part_resumes_next_drain() {
+        let mut rings = [ring(4096, 0), ring(4096, 0)];
+        let at = write(
+            &rings[0],
+            0,
+            &batch_of(0, 0, &[event(10, 1), event(30, 3), event(50, 5)]),
+            0,
+        );
+        produced(&rings[0], at);
+        let at = write(&rings[1], 0, &batch_of(1, 0, &[event(20, 2)]), 0);
+        let at = write(&rings[1], at, &batch_of(0, 0, &[event(40, 4)]), 0);
+        produced(&rings[1], at);
+        let mut st = stages(2);
+        let mut cur = cursors();
+        assert_eq!(drain(&mut rings, &mut cur, &mut st, 45), [1, 2, 3, 4]);
+        assert_eq!(
+            drain(&mut rings, &mut cur, &mut st, 45),
+            [0u8; 0],
+            "50 is younger"
+        );
+        assert_eq!(drain(&mut rings, &mut cur, &mut st, 60), [5]);
+        rings[0].publish();
+        assert!(rings[0].head().is_none(), "the whole batch consumed");
+    }
+
+    #[test]
+    fn staged_records_merge_in_time_and_are_not_read_again_from_their_batch() {
+        let mut rings = [ring(4096, 0), ring(4096, 0)];
+        let mut st = stages(2);
+        let mut cur = cursors();
+        // CPU 1 staged two records and went quiet; CPU 0 sent a batch.
+        stage(&st, 1, &event(15, 2));
+        stage(&st, 1, &event(25, 3));
+        let at = write(
+            &rings[0],
+            0,
+            &batch_of(0, 0, &[event(10, 1), event(30, 4)]),
+            0,
+        );
+        produced(&rings[0], at);
+        assert_eq!(drain(&mut rings, &mut cur, &mut st, 100), [1, 2, 3, 4]);
+        // CPU 1 stages a third record, and sends all three as one batch:
+        // only the third is new.
+        stage(&st, 1, &event(35, 5));
+        let g = sent(&st, 1);
+        let end = write(
+            &rings[0],
+            at,
+            &batch_of(1, g, &[event(15, 2), event(25, 3), event(35, 5)]),
+            0,
+        );
+        produced(&rings[0], end);
+        assert_eq!(drain(&mut rings, &mut cur, &mut st, 100), [5]);
+    }
+
+    #[test]
+    fn the_nested_ring_skips_nothing() {
+        let mut rings = [ring(4096, 0), ring(4096, 0)];
+        let mut st = stages(1);
+        let mut cur = cursors();
+        stage(&st, 0, &event(10, 1));
+        assert_eq!(drain(&mut rings, &mut cur, &mut st, 100), [1]);
+        // A nested record of the same CPU, generation 0 like the stage.
+        let at = write(&rings[1], 0, &batch_of(0, 0, &[event(20, 2)]), 0);
+        produced(&rings[1], at);
+        assert_eq!(drain(&mut rings, &mut cur, &mut st, 100), [2]);
+    }
+
+    /// A queue as a source: the head is the front record.
     impl Records for VecDeque<Vec<u8>> {
         type Head = ();
-        fn head(&mut self) -> Option<()> {
+        fn head(&mut self, _: &mut Books) -> Option<()> {
             (!self.is_empty()).then_some(())
         }
         fn bytes(&self, (): &()) -> &[u8] {

@@ -239,11 +239,12 @@ impl AsRawFd for Ring {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod testing {
+    //! Rings over plain memory, written the way the kernel writes them.
     use super::*;
 
     /// A ring over plain memory, `size` data bytes, starting at `pos`.
-    fn ring(size: usize, pos: u64) -> Ring {
+    pub fn ring(size: usize, pos: u64) -> Ring {
         let words: Box<[AtomicU64]> = (0..2 + 2 * size / 8).map(|_| AtomicU64::new(0)).collect();
         words[0].store(pos, Ordering::Relaxed);
         words[1].store(pos, Ordering::Relaxed);
@@ -262,7 +263,7 @@ mod tests {
     /// Writes a record at `at` as the kernel does (header, then payload;
     /// contiguous, as the double mapping shows it) and returns the position
     /// after it. The producer position is the caller's to move.
-    fn write(ring: &Ring, at: u64, payload: &[u8], flags: u32) -> u64 {
+    pub fn write(ring: &Ring, at: u64, payload: &[u8], flags: u32) -> u64 {
         let offset = (at & ring.mask) as usize;
         let header = payload.len() as u32 | flags;
         // SAFETY: within the test's data area (twice the ring), which is
@@ -276,9 +277,15 @@ mod tests {
         at + (payload.len() as u64 + HEADER).next_multiple_of(8)
     }
 
-    fn produced(ring: &Ring, pos: u64) {
+    pub fn produced(ring: &Ring, pos: u64) {
         ring.producer_pos().store(pos, Ordering::Release);
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
 
     /// Everything `head` hands out now, consumed in order.
     fn drain(ring: &mut Ring) -> Vec<Vec<u8>> {

@@ -47,7 +47,7 @@ impl Tracing {
             log::warn!("reset reasons will print as numbers: {e:#}");
             ResetReasons::default()
         });
-        let reader = Reader::new(tracer.take_rings(), trace.poll_interval)?;
+        let reader = Reader::new(tracer.take_sources()?, trace.poll_interval)?;
         Ok(Self {
             tracer,
             reasons,

@@ -44,6 +44,17 @@ int main(void)
 	printf("];\n");
 	printf("/// `sizeof(struct tcptrace_event)`.\n");
 	printf("pub const C_EVENT_SIZE: usize = %zu;\n", sizeof(struct tcptrace_event));
+	printf("/// The stage and batch layout (tcptrace.h: struct tcptrace_stage, tcptrace_batch).\n");
+	printf("pub const C_STAGE_SIZE: usize = %zu;\n", sizeof(struct tcptrace_stage));
+	printf("pub const C_STAGE_N: usize = %zu;\n", offsetof(struct tcptrace_stage, n));
+	printf("pub const C_STAGE_GEN: usize = %zu;\n",
+	       offsetof(struct tcptrace_stage, batch) + offsetof(struct tcptrace_batch, gen));
+	printf("pub const C_STAGE_REC: usize = %zu;\n", offsetof(struct tcptrace_stage, rec));
+	printf("pub const C_BATCH_SIZE: usize = %zu;\n", sizeof(struct tcptrace_batch));
+	printf("pub const C_BATCH_GEN: usize = %zu;\n", offsetof(struct tcptrace_batch, gen));
+	printf("pub const C_BATCH_CPU: usize = %zu;\n", offsetof(struct tcptrace_batch, cpu));
+	printf("pub const C_BATCH_COUNT: usize = %zu;\n", offsetof(struct tcptrace_batch, count));
+	printf("pub const C_BATCH_MAX: usize = %d;\n", TCPTRACE_BATCH_MAX);
 	CONST("u8", TCPTRACE_STATE);
 	CONST("u8", TCPTRACE_SYNACK_RETRANS);
 	CONST("u8", TCPTRACE_RETRANS);

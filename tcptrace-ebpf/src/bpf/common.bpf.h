@@ -274,24 +274,6 @@ static __always_inline __u32 this_ring(void)
 	return bpf_get_smp_processor_id() % nr_rings;
 }
 
-/* Reserve a zeroed record, or count the loss. */
-static __always_inline struct tcptrace_event *event_reserve(__u8 kind)
-{
-	__u32 ring = this_ring();
-	struct tcptrace_event *e =
-		TCPTRACE_ON_RING(ring, bpf_ringbuf_reserve, sizeof(struct tcptrace_event), 0);
-
-	if (!e) {
-		cpu_count(&lost);
-		return NULL;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->kind = kind;
-	e->ring = ring;
-	e->ts_ns = bpf_ktime_get_ns();
-	return e;
-}
-
 /*
  * One record in this many per CPU checks the ring's fill level. The check is a
  * helper call that reads the reader's consumer position, a line the reader
@@ -325,22 +307,6 @@ static __always_inline bool wakeup_due(__u32 ring)
 	return true;
 }
 
-static __always_inline void event_submit(struct tcptrace_event *e)
-{
-	bpf_ringbuf_submit(e, wakeup_due(e->ring) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
-}
-
-/* Submits without waking; returns the ring whose reader is due a wake-up,
- * or -1. */
-static __always_inline int event_submit_quiet(struct tcptrace_event *e)
-{
-	int ring = e->ring;
-	int due = wakeup_due(ring) ? ring : -1;
-
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return due;
-}
-
 /*
  * Wakes the reader of `ring` apart from any record: a discarded 8-byte
  * reservation (which the reader skips) committed with a forced wake-up.
@@ -351,6 +317,165 @@ static __always_inline void ring_wake(__u32 ring)
 
 	if (r)
 		bpf_ringbuf_discard(r, BPF_RB_FORCE_WAKEUP);
+}
+
+/*
+ * The per-CPU stages (tcptrace.h: struct tcptrace_stage): userspace sets
+ * max_entries to the possible-CPU count before load, and maps the array to
+ * take staged records in place.
+ */
+TCPTRACE_EXTERN struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct tcptrace_stage);
+} stage SEC(".maps");
+
+/*
+ * Records per batch, 1..TCPTRACE_BATCH_MAX; set before load. A ring keeps
+ * time order only if one CPU writes its batches: userspace sets 1 (every
+ * record sent at once, as its own batch) when CPUs share rings.
+ */
+TCPTRACE_EXTERN const volatile __u32 batch_records;
+
+/* Where nested writers send their record (see struct tcptrace_stage). */
+TCPTRACE_RING(events_nested);
+
+static __always_inline __u32 records_per_batch(void)
+{
+	/* A constant after load: the verifier keeps one path, and a bound. */
+	if (batch_records < 1)
+		return 1;
+	return batch_records > TCPTRACE_BATCH_MAX ? TCPTRACE_BATCH_MAX : batch_records;
+}
+
+static __always_inline struct tcptrace_stage *this_stage(void)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+
+	/* An array lookup, inlined by the verifier. */
+	return bpf_map_lookup_elem(&stage, &cpu);
+}
+
+/*
+ * Sends the full stage to this CPU's ring as one batch, and starts the next
+ * generation. Returns the ring whose reader is due a wake-up, -1 for none,
+ * or -2 when the ring had no room: the stage then stays full, its records
+ * neither sent nor lost, and the next writer tries again (userspace takes
+ * them from the stage meanwhile).
+ *
+ * The order of the stores is what userspace relies on: gen moves before
+ * n goes back to 0 and before any record is written again, and the batch is
+ * committed before either. The BPF program's stores are plain; x86 keeps
+ * stores in program order (this object is built for x86; barrier() keeps
+ * the compiler from reordering them).
+ */
+static __always_inline int stage_flush(struct tcptrace_stage *st)
+{
+	__u32 ring = this_ring();
+	__u32 count = records_per_batch();
+
+	st->batch.cpu = bpf_get_smp_processor_id();
+	st->batch.count = count;
+	if (TCPTRACE_ON_RING(ring, bpf_ringbuf_output, &st->batch,
+			     sizeof(st->batch) + count * sizeof(struct tcptrace_event),
+			     BPF_RB_NO_WAKEUP))
+		return -2;
+	barrier();
+	st->batch.gen++;
+	barrier();
+	st->n = 0;
+	return wakeup_due(ring) ? ring : -1;
+}
+
+/*
+ * A zeroed record to fill in this CPU's stage, or NULL (counted as lost).
+ * Every record begun is ended with event_end, on every path.
+ */
+static __always_inline struct tcptrace_event *event_begin(__u8 kind)
+{
+	struct tcptrace_stage *st = this_stage();
+	struct tcptrace_event *e;
+	__u32 depth, n;
+
+	if (!st) {
+		cpu_count(&lost);
+		return NULL;
+	}
+	depth = st->depth;
+	st->depth = depth + 1;
+	barrier();
+	if (depth == 0) {
+		n = st->n;
+		if (n >= records_per_batch()) {
+			if (stage_flush(st) == -2)
+				goto lost;
+			n = 0;
+		}
+		e = &st->rec[n & (TCPTRACE_BATCH_MAX - 1)];
+	} else if (depth == 1) {
+		e = &st->nested;
+	} else {
+		/* No hook of ours runs in hard interrupt context: never seen. */
+		goto lost;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = kind;
+	e->ring = this_ring();
+	e->ts_ns = bpf_ktime_get_ns();
+	return e;
+lost:
+	barrier();
+	st->depth = depth;
+	cpu_count(&lost);
+	return NULL;
+}
+
+/*
+ * Ends the record event_begin gave: stages it, sending the batch when the
+ * stage is full, or sends a nested writer's record alone. Returns the ring
+ * whose reader is due a wake-up, or -1.
+ */
+static __always_inline int event_end(void)
+{
+	struct tcptrace_stage *st = this_stage();
+	int wake = -1;
+	__u32 depth, n;
+
+	if (!st)
+		return -1;
+	depth = st->depth;
+	barrier();
+	if (depth == 1) {
+		/* The record's stores come before n's (see stage_flush). */
+		n = st->n + 1;
+		st->n = n;
+		if (n >= records_per_batch()) {
+			wake = stage_flush(st);
+			if (wake == -2)
+				wake = -1;
+		}
+	} else {
+		st->nested_batch.cpu = bpf_get_smp_processor_id();
+		st->nested_batch.count = 1;
+		if (bpf_ringbuf_output(&events_nested, &st->nested_batch,
+				       sizeof(st->nested_batch) + sizeof(st->nested),
+				       BPF_RB_NO_WAKEUP))
+			cpu_count(&lost);
+	}
+	barrier();
+	st->depth = depth - 1;
+	return wake;
+}
+
+/* Ends a record and wakes the reader at once if it is due. */
+static __always_inline void event_end_and_wake(void)
+{
+	int wake = event_end();
+
+	if (wake >= 0)
+		ring_wake(wake);
 }
 
 /*

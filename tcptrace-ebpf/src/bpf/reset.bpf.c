@@ -57,7 +57,7 @@ static __always_inline void emit_send_reset(const struct sock *sk, const struct 
 
 	if (!reset_wanted(sk, inet, skb, direct))
 		return;
-	e = event_reserve(TCPTRACE_SEND_RESET);
+	e = event_begin(TCPTRACE_SEND_RESET);
 	if (!e)
 		return;
 	e->flags = id_flags;
@@ -76,7 +76,7 @@ static __always_inline void emit_send_reset(const struct sock *sk, const struct 
 	}
 	if (skb)
 		event_fill_from_skb(e, skb);
-	event_submit(e);
+	event_end_and_wake();
 }
 
 static __always_inline void emit_receive_reset(const struct sock *sk, const struct inet_sock *inet,
@@ -86,14 +86,14 @@ static __always_inline void emit_receive_reset(const struct sock *sk, const stru
 
 	if (!sock_wanted(&sk->__sk_common, inet, direct))
 		return;
-	e = event_reserve(TCPTRACE_RECV_RESET);
+	e = event_begin(TCPTRACE_RECV_RESET);
 	if (!e)
 		return;
 	e->sock_id = sock_id;
 	e->flags = id_flags;
 	e->oldstate = KREAD(direct, sk->__sk_common.skc_state);
 	event_fill_sock_common(e, &sk->__sk_common, inet, direct);
-	event_submit(e);
+	event_end_and_wake();
 }
 
 /*

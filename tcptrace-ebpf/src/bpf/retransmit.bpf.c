@@ -22,7 +22,7 @@ static __always_inline void emit_synack(__u64 sock_id, __u8 id_flags,
 
 	if (!sock_wanted(&req->__req_common, NULL, direct))
 		return;
-	e = event_reserve(TCPTRACE_SYNACK_RETRANS);
+	e = event_begin(TCPTRACE_SYNACK_RETRANS);
 	if (!e)
 		return;
 	e->sock_id = sock_id;
@@ -35,7 +35,7 @@ static __always_inline void emit_synack(__u64 sock_id, __u8 id_flags,
 	now_us = e->ts_ns / 1000;
 	if (first_us && now_us >= first_us)
 		e->synack_age_us = now_us - first_us;
-	event_submit(e);
+	event_end_and_wake();
 }
 
 /* `tp` as in state.bpf.c: typed by bpf_skc_to_tcp_sock() for direct reads. */
@@ -48,7 +48,7 @@ static __always_inline void emit_retrans(const struct tcp_sock *tp, __u64 sock_i
 
 	if (!family_is_inet(KREAD(direct, skc->skc_family)) || !sock_wanted(skc, inet, direct))
 		return;
-	e = event_reserve(TCPTRACE_RETRANS);
+	e = event_begin(TCPTRACE_RETRANS);
 	if (!e)
 		return;
 	e->sock_id = sock_id;
@@ -56,7 +56,7 @@ static __always_inline void emit_retrans(const struct tcp_sock *tp, __u64 sock_i
 	e->oldstate = KREAD(direct, skc->skc_state);
 	event_fill_sock_common(e, skc, inet, direct);
 	e->retrans = KREAD(direct, tp->total_retrans);
-	event_submit(e);
+	event_end_and_wake();
 }
 
 SEC("tp_btf/tcp_retransmit_synack")

@@ -43,7 +43,7 @@ static __always_inline int emit_state(const struct tcp_sock *tp, __u64 sock_id, 
 
 	if (!family_is_inet(KREAD(direct, skc->skc_family)) || !sock_wanted(skc, inet, direct))
 		return -1;
-	e = event_reserve(TCPTRACE_STATE);
+	e = event_begin(TCPTRACE_STATE);
 	if (!e)
 		return -1;
 	e->sock_id = sock_id;
@@ -60,7 +60,7 @@ static __always_inline int emit_state(const struct tcp_sock *tp, __u64 sock_id, 
 		e->srtt_us = KREAD(direct, tp->srtt_us) >> 3;
 		e->retrans = KREAD(direct, tp->total_retrans);
 	}
-	return event_submit_quiet(e);
+	return event_end();
 }
 
 static __always_inline int state_btf(struct sock *sk, int oldstate, int newstate, __u8 flags)
