@@ -654,6 +654,104 @@ fn sequences_over_rings(rings: usize) {
 
 #[test]
 #[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn records_staged_on_a_cpu_that_goes_quiet_arrive_without_more_events() {
+    // One connection: 12 events, fewer than a batch (16) even if they all
+    // fell on one CPU, so none is sent to a ring while the namespace is
+    // quiet: only the reader taking them from the stages can show them.
+    let ns = Netns::new("staged");
+    let mut trace = Trace::events(&ns, &[]);
+    let lines = trace.stdout_lines();
+    let oc = open_close(&ns, "127.0.0.1:0", Duration::ZERO);
+    let mut events = Vec::new();
+    while events.len() < 12 {
+        let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) else {
+            break;
+        };
+        events.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    assert_eq!(events.len(), 12, "{events:#?}");
+    assert_open_close(&events, &oc);
+    let (rest, _) = trace.stop();
+    assert_eq!(rest, "", "nothing more, and nothing twice");
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity
+    // take valid pointers to it; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn sockets_whose_events_move_between_cpus_keep_their_order() {
+    const CONNECTIONS: usize = 100;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(
+        cpus >= 2,
+        "this test needs two CPUs, the machine has {cpus}"
+    );
+    let ns = Netns::new("cpus");
+    let trace = Trace::events(&ns, &[]);
+    // The client on CPU 0, the server on CPU 1: a loopback segment is
+    // processed on the CPU that sends it, so every socket has events staged
+    // on both CPUs, and each CPU's batches go to its own ring.
+    let listener = ns.run(|| listen("127.0.0.1:0"));
+    let addr = listener.local_addr().unwrap();
+    let server = ns.spawn(move || {
+        pin_to(1);
+        for _ in 0..CONNECTIONS {
+            let (mut s, _) = listener.accept().unwrap();
+            assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
+        }
+    });
+    let clients = ns.run(move || {
+        pin_to(0);
+        (0..CONNECTIONS)
+            .map(|_| {
+                let c = TcpStream::connect(addr).unwrap();
+                c.local_addr().unwrap()
+            })
+            .collect::<Vec<_>>()
+    });
+    server.join().unwrap();
+    let events = trace.stop_json();
+    // Per connection 5 client and 5 server transitions, and the listener's
+    // 2 (a burst may overflow the accept queue: SYN retransmits are not
+    // counted).
+    let states = events.iter().filter(|e| e["kind"] == "state").count();
+    assert_eq!(states, CONNECTIONS * 10 + 2);
+    let listener = addr.to_string();
+    for client in clients.iter().map(ToString::to_string) {
+        let est = the(&events, "client ESTABLISHED", |e| {
+            state_is(e, "SYN_SENT", "ESTABLISHED") && e["local"] == client.as_str()
+        });
+        let client_events = by_sock(&events, &est["sock"]);
+        assert_eq!(transitions(&client_events), CLIENT_CLOSES_FIRST);
+        let child = the(&events, "server child", |e| {
+            state_is(e, "LISTEN", "SYN_RECV")
+                && e["remote"] == client.as_str()
+                && e["local"] == listener.as_str()
+        });
+        assert_eq!(
+            transitions(&by_sock(&events, &child["sock"])),
+            SERVER_CLOSES_SECOND
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
 fn the_kernel_port_filter_keeps_active_resets_of_the_port() {
     let ns = Netns::new("portrst");
     let listener = ns.run(|| listen("127.0.0.1:0"));
