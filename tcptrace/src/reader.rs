@@ -203,8 +203,15 @@ impl Records for Source<'_> {
                         ring.consume(head);
                     }
                 }
-                // Not a batch: cannot come from our programs.
-                None => ring.consume(head),
+                // Not a batch: no program of ours writes one, so this
+                // would be a layout mismatch between the two sides.
+                None => {
+                    log::warn!(
+                        "skipped a ring record of {} bytes that is not a batch",
+                        ring.bytes(&head).len()
+                    );
+                    ring.consume(head);
+                }
             }
         }
     }
