@@ -190,28 +190,25 @@ impl Records for Source<'_> {
                 return Some(at);
             }
             let head = ring.head()?;
-            match batch_header(ring.bytes(&head)) {
-                Some((generation, cpu, count)) => {
-                    let next = if cursor.staged {
-                        books.skip(cpu, generation)
-                    } else {
-                        0
-                    };
-                    if next < count {
-                        cursor.open = Some(Open { head, count, next });
-                    } else {
-                        ring.consume(head);
-                    }
-                }
-                // Not a batch: no program of ours writes one, so this
-                // would be a layout mismatch between the two sides.
-                None => {
-                    log::warn!(
-                        "skipped a ring record of {} bytes that is not a batch",
-                        ring.bytes(&head).len()
-                    );
-                    ring.consume(head);
-                }
+            let Some((generation, cpu, count)) = batch_header(ring.bytes(&head)) else {
+                // No program of ours writes anything else: this would be a
+                // layout mismatch between the two sides.
+                log::warn!(
+                    "skipped a ring record of {} bytes that is not a batch",
+                    ring.bytes(&head).len()
+                );
+                ring.consume(head);
+                continue;
+            };
+            let next = if cursor.staged {
+                books.skip(cpu, generation)
+            } else {
+                0
+            };
+            if next < count {
+                cursor.open = Some(Open { head, count, next });
+            } else {
+                ring.consume(head);
             }
         }
     }
