@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-only OR MIT */
 /*
- * Shared by every tcptrace program: the ring buffer, the lost-event counter, the
- * load-time settings, and the helpers that fill a tcptrace_event from a socket
- * or a packet. Every kernel read is relocated by CO-RE, so one object runs on
+ * Shared by every tcptrace program: the ring buffers, the per-CPU stages that
+ * batch records for them, the lost-event counter, the load-time settings, and
+ * the helpers that fill a tcptrace_event from a socket or a packet. Every kernel read is relocated by CO-RE, so one object runs on
  * any kernel with BTF; each helper reads the way its caller may (see KREAD).
  *
  * The maps and settings are defined in exactly one translation unit (the one
@@ -105,16 +105,16 @@ static __always_inline void cpu_count(void *counter)
 }
 
 /*
- * Records are submitted without waking the reader (a wake-up costs ~2.5 us per
- * event on a VM, more than everything else together); the reader drains on a
- * short timer. Once this many bytes wait unread, the submit wakes it anyway, so
- * a burst cannot fill the ring between two timer ticks. Set before load.
+ * Batches are sent without waking the reader (a wake-up costs ~2.5 us on a
+ * VM, more than everything else together); the reader drains on a short
+ * timer. Once this many bytes wait unread, a send wakes it anyway, so a burst
+ * cannot fill the ring between two timer ticks. Set before load.
  */
 TCPTRACE_EXTERN const volatile __u64 wakeup_bytes;
 
 /*
  * In-kernel filters, set before load; 0 means "any". Filtering here, before a
- * record is reserved, costs a few reads per event when a filter is set and
+ * record is begun, costs a few reads per event when a filter is set and
  * nothing otherwise, keeps the ring for the events that are wanted, and makes
  * the lost count about those events only.
  */
@@ -150,7 +150,7 @@ struct cpu_memo {
 	__u64 begun_sk;     /* the socket of the state event last begun */
 	__u32 begun_states; /* and its oldstate << 8 | newstate */
 	__u32 catcher_wake; /* 1 + the ring whose reader the catcher is to wake; 0 for none */
-	__u32 submits;      /* records submitted on this CPU, for sampling */
+	__u32 submits;      /* batches sent from this CPU, for sampling */
 	__u32 pad;
 };
 
@@ -275,11 +275,11 @@ static __always_inline __u32 this_ring(void)
 }
 
 /*
- * One record in this many per CPU checks the ring's fill level. The check is a
+ * One batch in this many per CPU checks the ring's fill level. The check is a
  * helper call that reads the reader's consumer position, a line the reader
- * writes, so it need not run for every record. Sampling lets
- * the unread data pass wakeup_bytes by at most this many records per CPU
- * sharing the ring before a wake-up, a few KiB against a quarter of the ring.
+ * writes, so it need not run for every batch. Sampling lets the unread data
+ * pass wakeup_bytes by at most this many batches per CPU sharing the ring
+ * before a wake-up, ~14 KiB against a quarter of the ring.
  */
 #define TCPTRACE_WAKEUP_SAMPLE 8
 
