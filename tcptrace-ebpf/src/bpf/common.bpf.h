@@ -2,8 +2,9 @@
 /*
  * Shared by every tcptrace program: the ring buffers, the per-CPU stages that
  * batch records for them, the lost-event counter, the load-time settings, and
- * the helpers that fill a tcptrace_event from a socket or a packet. Every kernel read is relocated by CO-RE, so one object runs on
- * any kernel with BTF; each helper reads the way its caller may (see KREAD).
+ * the helpers that fill a tcptrace_event from a socket or a packet. Every
+ * kernel read is relocated by CO-RE, so one object runs on any kernel with
+ * BTF; each helper reads the way its caller may (see KREAD).
  *
  * The maps and settings are defined in exactly one translation unit (the one
  * that defines TCPTRACE_DEFINE_MAPS) and declared extern in the others; bpftool's
