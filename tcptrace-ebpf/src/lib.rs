@@ -51,7 +51,6 @@ pub mod names {
     pub const WAKEUP_BYTES: &str = "wakeup_bytes";
     pub const STAGE_MAP: &str = "stage";
     pub const NESTED_RING: &str = "events_nested";
-    pub const BATCH_RECORDS: &str = "batch_records";
 }
 
 /// Mirror of `struct tcptrace_event` in `src/bpf/tcptrace.h`; see there for

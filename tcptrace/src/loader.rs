@@ -132,18 +132,6 @@ fn take_sources(ebpf: &mut Ebpf, rings: u32) -> Result<Sources> {
     })
 }
 
-/// Records per batch: as many as a stage holds when every CPU has a ring of
-/// its own, else 1. A ring is in time order only if one CPU writes its
-/// batches; with one record per batch, a record is sent as soon as it is
-/// complete, as without stages, and a shared ring stays in commit order.
-fn batch_records(rings: u32, cpus: usize) -> u32 {
-    if rings as usize >= cpus {
-        tcptrace_ebpf::batch::MAX as u32
-    } else {
-        1
-    }
-}
-
 /// The nested ring (records of a program that interrupted another one on
 /// its CPU, one in a few thousand under churn): an eighth of a CPU's ring,
 /// at least a page.
@@ -227,7 +215,6 @@ impl Tracer {
             log::info!("{} ports: filtering in userspace only", config.ports.len());
             0
         };
-        let batch = batch_records(rings, cpus);
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
@@ -235,7 +222,6 @@ impl Tracer {
             .map_max_entries(names::CAUGHT_MAP, cpus as u32)
             .map_max_entries(names::STAGE_MAP, cpus as u32)
             .map_max_entries(names::NESTED_RING, nested_ring_bytes(config.ring_bytes))
-            .override_global(names::BATCH_RECORDS, &batch, true)
             .override_global(names::WAKEUP_BYTES, &config.wakeup_bytes, true)
             .override_global(names::NR_RINGS, &rings, true)
             .override_global(names::FILTER_NETNS, &filter_netns, true)

@@ -46,9 +46,7 @@ pub struct Sources {
 pub struct Reader {
     /// The CPUs' rings, then the nested ring.
     rings: Vec<AsyncFd<Ring>>,
-    /// Where reading stands in each ring's current batch.
-    cursors: Vec<Cursor>,
-    stages: Stages,
+    merge: Merging,
     poll: Duration,
 }
 
@@ -59,8 +57,8 @@ impl Reader {
             nested,
             stages,
         } = sources;
-        let staged = rings.len();
-        let mut registered = Vec::with_capacity(staged + 1);
+        let merge = Merging::new(rings.len(), stages);
+        let mut registered = Vec::with_capacity(rings.len() + 1);
         for ring in rings.into_iter().chain([nested]) {
             // SAFETY: the fd belongs to the ring's map, which the AsyncFd
             // owns: it stays open, and the same, until the AsyncFd is dropped.
@@ -69,17 +67,9 @@ impl Reader {
                 .context("register the ring buffer with tokio")?;
             registered.push(fd);
         }
-        // The nested ring's records were never staged: nothing to skip.
-        let cursors = (0..=staged)
-            .map(|i| Cursor {
-                open: None,
-                staged: i < staged,
-            })
-            .collect();
         Ok(Self {
             rings: registered,
-            cursors,
-            stages,
+            merge,
             poll,
         })
     }
@@ -112,25 +102,105 @@ impl Reader {
         // visible below was completed after this, and so was any later
         // event of its socket (see the module comment).
         fence(Ordering::SeqCst);
-        self.stages.take();
-        let (queues, books) = self.stages.parts();
-        let mut sources: Vec<Source<'_>> = self
-            .rings
-            .iter_mut()
-            .zip(&mut self.cursors)
-            .map(|(ring, cursor)| Source::Ring {
-                ring: ring.get_mut(),
-                cursor,
-            })
-            .chain(queues.iter_mut().map(Source::Staged))
-            .collect();
-        let n = merge(&mut sources, books, until, &mut f);
-        drop(sources);
-        for ring in &mut self.rings {
-            ring.get_mut().publish();
+        let mut rings: Vec<&mut Ring> = self.rings.iter_mut().map(AsyncFd::get_mut).collect();
+        let n = self.merge.drain(&mut rings, until, &mut f);
+        for ring in rings {
+            ring.publish();
         }
         n
     }
+}
+
+/// What the merge keeps between drains.
+struct Merging {
+    /// Where reading stands in each ring's current batch: the CPUs' rings,
+    /// then the nested ring.
+    cursors: Vec<Cursor>,
+    stages: Stages,
+    /// With fewer rings than CPUs, a ring carries the batches of several
+    /// CPUs, each CPU's in order but not in order between them: the
+    /// records are moved out, into a queue per CPU, which is in order.
+    sorted: Option<Vec<VecDeque<Record>>>,
+}
+
+impl Merging {
+    fn new(rings: usize, stages: Stages) -> Self {
+        let cpus = stages.cpus();
+        // The nested ring's records were never staged: nothing to skip.
+        let cursors = (0..=rings)
+            .map(|i| Cursor {
+                open: None,
+                staged: i < rings,
+            })
+            .collect();
+        let sorted = (rings < cpus).then(|| (0..cpus).map(|_| VecDeque::new()).collect());
+        Self {
+            cursors,
+            stages,
+            sorted,
+        }
+    }
+
+    /// Takes what the stages hold, then merges rings and stages up to
+    /// `until` (see [`Reader::drain`]). `rings`: the CPUs' rings, then the
+    /// nested ring.
+    fn drain(&mut self, rings: &mut [&mut Ring], until: u64, f: &mut impl FnMut(&[u8])) -> usize {
+        self.stages.take();
+        let (staged, books) = self.stages.parts();
+        let Some((nested, cpu_rings)) = rings.split_last_mut() else {
+            return 0;
+        };
+        let (nested_cursor, cpu_cursors) =
+            self.cursors.split_last_mut().expect("a cursor per ring");
+        let mut sources: Vec<Source<'_>> = Vec::new();
+        match &mut self.sorted {
+            Some(sorted) => {
+                for ring in cpu_rings {
+                    sort_out(ring, books, sorted);
+                }
+                sources.extend(sorted.iter_mut().map(Source::Queue));
+            }
+            None => sources.extend(
+                cpu_rings
+                    .iter_mut()
+                    .zip(cpu_cursors)
+                    .map(|(ring, cursor)| Source::Ring { ring, cursor }),
+            ),
+        }
+        sources.push(Source::Ring {
+            ring: nested,
+            cursor: nested_cursor,
+        });
+        sources.extend(staged.iter_mut().map(Source::Queue));
+        merge(&mut sources, books, until, f)
+    }
+}
+
+/// Moves every batch in a ring that several CPUs write into the queue of
+/// its CPU, after the records already taken from the stage: a copy per
+/// record, which a ring per CPU spares.
+fn sort_out(ring: &mut Ring, books: &mut Books, queues: &mut [VecDeque<Record>]) {
+    while let Some(head) = ring.head() {
+        let bytes = ring.bytes(&head);
+        match batch_header(bytes) {
+            Some((generation, cpu, count)) if (cpu as usize) < queues.len() => {
+                let from = books.skip(cpu, generation);
+                let records = bytes[batch::HEADER..batch::HEADER + count * EVENT_SIZE]
+                    .chunks_exact(EVENT_SIZE)
+                    .skip(from)
+                    .filter_map(|r| Record::try_from(r).ok());
+                queues[cpu as usize].extend(records);
+            }
+            _ => not_a_batch(bytes.len()),
+        }
+        ring.consume(head);
+    }
+}
+
+/// No program of ours writes anything but batches: this would be a layout
+/// mismatch between the two sides.
+fn not_a_batch(len: usize) {
+    log::warn!("skipped a ring record of {len} bytes that is not a batch");
 }
 
 /// A ring's batch being read: its ring record and the next record in it.
@@ -170,8 +240,9 @@ enum Source<'a> {
         ring: &'a mut Ring,
         cursor: &'a mut Cursor,
     },
-    /// Records taken from a CPU's stage.
-    Staged(&'a mut VecDeque<Record>),
+    /// Records copied out for a CPU: taken from its stage, or sorted out
+    /// of a ring it shares.
+    Queue(&'a mut VecDeque<Record>),
 }
 
 impl Records for Source<'_> {
@@ -181,7 +252,7 @@ impl Records for Source<'_> {
     fn head(&mut self, books: &mut Books) -> Option<usize> {
         let (ring, cursor) = match self {
             Source::Ring { ring, cursor } => (ring, cursor),
-            Source::Staged(queue) => return (!queue.is_empty()).then_some(0),
+            Source::Queue(queue) => return (!queue.is_empty()).then_some(0),
         };
         loop {
             if let Some(open) = &cursor.open {
@@ -191,12 +262,7 @@ impl Records for Source<'_> {
             }
             let head = ring.head()?;
             let Some((generation, cpu, count)) = batch_header(ring.bytes(&head)) else {
-                // No program of ours writes anything else: this would be a
-                // layout mismatch between the two sides.
-                log::warn!(
-                    "skipped a ring record of {} bytes that is not a batch",
-                    ring.bytes(&head).len()
-                );
+                not_a_batch(ring.bytes(&head).len());
                 ring.consume(head);
                 continue;
             };
@@ -220,7 +286,7 @@ impl Records for Source<'_> {
                     .get(*at..*at + EVENT_SIZE)
                     .unwrap_or_default()
             }),
-            Source::Staged(queue) => queue.front().map_or(&[], |r| &r[..]),
+            Source::Queue(queue) => queue.front().map_or(&[], |r| &r[..]),
         }
     }
 
@@ -235,7 +301,7 @@ impl Records for Source<'_> {
                     ring.consume(open.head);
                 }
             }
-            Source::Staged(queue) => {
+            Source::Queue(queue) => {
                 queue.pop_front();
             }
         }
@@ -366,97 +432,96 @@ mod tests {
         b
     }
 
-    /// Merges the two rings (the first staged, the second nested) and the
-    /// stages' queues up to `until`; returns the tags handed out.
-    fn drain(rings: &mut [Ring], cursors: &mut [Cursor], st: &mut Stages, until: u64) -> Vec<u8> {
-        st.take();
-        let (queues, books) = st.parts();
-        let mut sources: Vec<Source<'_>> = rings
-            .iter_mut()
-            .zip(cursors.iter_mut())
-            .map(|(ring, cursor)| Source::Ring { ring, cursor })
-            .chain(queues.iter_mut().map(Source::Staged))
-            .collect();
+    /// Drains `rings` (the CPUs' rings, then the nested ring) and the
+    /// stages up to `until`; returns the tags handed out.
+    fn drain(merging: &mut Merging, rings: &mut [Ring], until: u64) -> Vec<u8> {
+        let mut rings: Vec<&mut Ring> = rings.iter_mut().collect();
         let mut tags = Vec::new();
-        merge(&mut sources, books, until, &mut |r: &[u8]| {
+        merging.drain(&mut rings, until, &mut |r: &[u8]| {
             tags.push(r[EVENT_SIZE - 1]);
         });
         tags
     }
 
-    fn cursors() -> Vec<Cursor> {
-        [true, false]
-            .map(|staged| Cursor { open: None, staged })
-            .into()
+    /// Writes batches one after the other into `ring` and publishes them.
+    fn send(ring: &Ring, at: u64, batches: &[Vec<u8>]) -> u64 {
+        let end = batches.iter().fold(at, |at, b| write(ring, at, b, 0));
+        produced(ring, end);
+        end
     }
 
     #[test]
     fn batches_merge_by_time_and_a_batch_read_in_part_resumes_next_drain() {
-        let mut rings = [ring(4096, 0), ring(4096, 0)];
-        let at = write(
+        let mut rings = [ring(4096, 0), ring(4096, 0), ring(4096, 0)];
+        send(
             &rings[0],
             0,
-            &batch_of(0, 0, &[event(10, 1), event(30, 3), event(50, 5)]),
-            0,
+            &[batch_of(0, 0, &[event(10, 1), event(30, 3), event(50, 5)])],
         );
-        produced(&rings[0], at);
-        let at = write(&rings[1], 0, &batch_of(1, 0, &[event(20, 2)]), 0);
-        let at = write(&rings[1], at, &batch_of(0, 0, &[event(40, 4)]), 0);
-        produced(&rings[1], at);
-        let mut st = stages(2);
-        let mut cur = cursors();
-        assert_eq!(drain(&mut rings, &mut cur, &mut st, 45), [1, 2, 3, 4]);
-        assert_eq!(
-            drain(&mut rings, &mut cur, &mut st, 45),
-            [0u8; 0],
-            "50 is younger"
-        );
-        assert_eq!(drain(&mut rings, &mut cur, &mut st, 60), [5]);
+        send(&rings[1], 0, &[batch_of(1, 0, &[event(20, 2)])]);
+        send(&rings[2], 0, &[batch_of(1, 0, &[event(40, 4)])]);
+        let mut m = Merging::new(2, stages(2));
+        assert_eq!(drain(&mut m, &mut rings, 45), [1, 2, 3, 4]);
+        assert_eq!(drain(&mut m, &mut rings, 45), [0u8; 0], "50 is younger");
+        assert_eq!(drain(&mut m, &mut rings, 60), [5]);
         rings[0].publish();
         assert!(rings[0].head().is_none(), "the whole batch consumed");
     }
 
     #[test]
     fn staged_records_merge_in_time_and_are_not_read_again_from_their_batch() {
-        let mut rings = [ring(4096, 0), ring(4096, 0)];
-        let mut st = stages(2);
-        let mut cur = cursors();
+        let mut rings = [ring(4096, 0), ring(4096, 0), ring(4096, 0)];
+        let mut m = Merging::new(2, stages(2));
         // CPU 1 staged two records and went quiet; CPU 0 sent a batch.
-        stage(&st, 1, &event(15, 2));
-        stage(&st, 1, &event(25, 3));
-        let at = write(
+        stage(&m.stages, 1, &event(15, 2));
+        stage(&m.stages, 1, &event(25, 3));
+        send(
             &rings[0],
             0,
-            &batch_of(0, 0, &[event(10, 1), event(30, 4)]),
-            0,
+            &[batch_of(0, 0, &[event(10, 1), event(30, 4)])],
         );
-        produced(&rings[0], at);
-        assert_eq!(drain(&mut rings, &mut cur, &mut st, 100), [1, 2, 3, 4]);
+        assert_eq!(drain(&mut m, &mut rings, 100), [1, 2, 3, 4]);
         // CPU 1 stages a third record, and sends all three as one batch:
         // only the third is new.
-        stage(&st, 1, &event(35, 5));
-        let g = sent(&st, 1);
-        let end = write(
-            &rings[0],
-            at,
-            &batch_of(1, g, &[event(15, 2), event(25, 3), event(35, 5)]),
-            0,
-        );
-        produced(&rings[0], end);
-        assert_eq!(drain(&mut rings, &mut cur, &mut st, 100), [5]);
+        stage(&m.stages, 1, &event(35, 5));
+        let g = sent(&m.stages, 1);
+        let batch = batch_of(1, g, &[event(15, 2), event(25, 3), event(35, 5)]);
+        send(&rings[1], 0, &[batch]);
+        assert_eq!(drain(&mut m, &mut rings, 100), [5]);
     }
 
     #[test]
     fn the_nested_ring_skips_nothing() {
         let mut rings = [ring(4096, 0), ring(4096, 0)];
-        let mut st = stages(1);
-        let mut cur = cursors();
-        stage(&st, 0, &event(10, 1));
-        assert_eq!(drain(&mut rings, &mut cur, &mut st, 100), [1]);
+        let mut m = Merging::new(1, stages(1));
+        stage(&m.stages, 0, &event(10, 1));
+        assert_eq!(drain(&mut m, &mut rings, 100), [1]);
         // A nested record of the same CPU, generation 0 like the stage.
-        let at = write(&rings[1], 0, &batch_of(0, 0, &[event(20, 2)]), 0);
-        produced(&rings[1], at);
-        assert_eq!(drain(&mut rings, &mut cur, &mut st, 100), [2]);
+        send(&rings[1], 0, &[batch_of(0, 0, &[event(20, 2)])]);
+        assert_eq!(drain(&mut m, &mut rings, 100), [2]);
+    }
+
+    #[test]
+    fn a_ring_two_cpus_share_is_sorted_out_by_cpu_and_merged_in_time() {
+        // One ring for two CPUs: CPU 1's batch was sent before CPU 0's,
+        // whose records are older.
+        let mut rings = [ring(4096, 0), ring(4096, 0)];
+        let mut m = Merging::new(1, stages(2));
+        stage(&m.stages, 0, &event(10, 1));
+        let end = send(
+            &rings[0],
+            0,
+            &[batch_of(1, 0, &[event(20, 3), event(40, 5)])],
+        );
+        assert_eq!(drain(&mut m, &mut rings, 30), [1, 3]);
+        // CPU 0's stage sent, with the record already taken from it.
+        stage(&m.stages, 0, &event(15, 2));
+        stage(&m.stages, 0, &event(30, 4));
+        let g = sent(&m.stages, 0);
+        let batch = batch_of(0, g, &[event(10, 1), event(15, 2), event(30, 4)]);
+        send(&rings[0], end, &[batch]);
+        assert_eq!(drain(&mut m, &mut rings, 100), [2, 4, 5]);
+        assert!(rings[0].head().is_none(), "a shared ring is emptied");
     }
 
     /// A queue as a source: the head is the front record.

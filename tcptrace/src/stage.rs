@@ -127,6 +127,11 @@ impl Stages {
         }
     }
 
+    /// The possible CPUs, one stage each.
+    pub fn cpus(&self) -> usize {
+        self.queues.len()
+    }
+
     /// Takes every complete record staged on any CPU that was not taken yet.
     pub fn take(&mut self) {
         for (cpu, (queue, book)) in self.queues.iter_mut().zip(&mut self.books.cpus).enumerate() {
@@ -234,12 +239,12 @@ pub mod testing {
         n_word.store(old | ((n as u64) << shift), Ordering::Release);
     }
 
-    /// What the kernel does once it sent the stage as a batch: the next
-    /// generation, nothing staged. Returns the generation sent.
+    /// What the kernel does once it sent the stage as a batch: nothing
+    /// staged, then the next generation (stage_flush's order). Returns the
+    /// generation sent.
     pub(crate) fn sent(stages: &Stages, cpu: usize) -> u64 {
-        let g = word(stages, cpu * STAGE_SIZE + STAGE_GEN).fetch_add(1, Ordering::Release);
         set_count(stages, cpu, 0);
-        g
+        word(stages, cpu * STAGE_SIZE + STAGE_GEN).fetch_add(1, Ordering::Release)
     }
 
     /// The queued records of `cpu`, handed out.

@@ -333,23 +333,8 @@ TCPTRACE_EXTERN struct {
 	__type(value, struct tcptrace_stage);
 } stage SEC(".maps");
 
-/*
- * Records per batch, 1..TCPTRACE_BATCH_MAX; set before load. A ring keeps
- * time order only if one CPU writes its batches: userspace sets 1 (every
- * record sent at once, as its own batch) when CPUs share rings.
- */
-TCPTRACE_EXTERN const volatile __u32 batch_records;
-
 /* Where nested writers send their record (see struct tcptrace_stage). */
 TCPTRACE_RING(events_nested);
-
-static __always_inline __u32 records_per_batch(void)
-{
-	/* A constant after load: the verifier keeps one path, and a bound. */
-	if (batch_records < 1)
-		return 1;
-	return batch_records > TCPTRACE_BATCH_MAX ? TCPTRACE_BATCH_MAX : batch_records;
-}
 
 static __always_inline struct tcptrace_stage *this_stage(void)
 {
@@ -366,27 +351,31 @@ static __always_inline struct tcptrace_stage *this_stage(void)
  * neither sent nor lost, and the next writer tries again (userspace takes
  * them from the stage meanwhile).
  *
- * The order of the stores is what userspace relies on: gen moves before
- * n goes back to 0 and before any record is written again, and the batch is
- * committed before either. The BPF program's stores are plain; x86 keeps
- * stores in program order (this object is built for x86; barrier() keeps
- * the compiler from reordering them).
+ * The order of the stores is what userspace's seqcount read relies on (it
+ * reads gen, then n, then the records, then gen again): the batch is
+ * committed first, then n goes back to 0, then gen moves, and only then are
+ * records written again. A reader that sees the new gen sees n from after
+ * the reset; one that sees the old gen with a newer n sees gen moved when
+ * it looks again, and drops its copy. (With gen moved first, a reader could
+ * see the new gen beside the old n, and take the old records as the new
+ * generation's: found by a kernel test that lost a batch.) The BPF
+ * program's stores are plain; x86 keeps stores in program order (this
+ * object is built for x86; barrier() keeps the compiler from reordering
+ * them).
  */
 static __always_inline int stage_flush(struct tcptrace_stage *st)
 {
 	__u32 ring = this_ring();
-	__u32 count = records_per_batch();
 
 	st->batch.cpu = bpf_get_smp_processor_id();
-	st->batch.count = count;
+	st->batch.count = TCPTRACE_BATCH_MAX;
 	if (TCPTRACE_ON_RING(ring, bpf_ringbuf_output, &st->batch,
-			     sizeof(st->batch) + count * sizeof(struct tcptrace_event),
-			     BPF_RB_NO_WAKEUP))
+			     sizeof(st->batch) + sizeof(st->rec), BPF_RB_NO_WAKEUP))
 		return -2;
 	barrier();
-	st->batch.gen++;
-	barrier();
 	st->n = 0;
+	barrier();
+	st->batch.gen++;
 	return wakeup_due(ring) ? ring : -1;
 }
 
@@ -409,7 +398,7 @@ static __always_inline struct tcptrace_event *event_begin(__u8 kind)
 	barrier();
 	if (depth == 0) {
 		n = st->n;
-		if (n >= records_per_batch()) {
+		if (n >= TCPTRACE_BATCH_MAX) {
 			if (stage_flush(st) == -2)
 				goto lost;
 			n = 0;
@@ -452,7 +441,7 @@ static __always_inline int event_end(void)
 		/* The record's stores come before n's (see stage_flush). */
 		n = st->n + 1;
 		st->n = n;
-		if (n >= records_per_batch()) {
+		if (n >= TCPTRACE_BATCH_MAX) {
 			wake = stage_flush(st);
 			if (wake == -2)
 				wake = -1;

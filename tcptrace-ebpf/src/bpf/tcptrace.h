@@ -89,8 +89,8 @@ struct tcptrace_batch {
  * One CPU's stage: a value of the mmapable array `stage`, one per CPU.
  *
  * A writer takes the stage when `depth` is 0 and appends rec[n]; the one
- * that fills it sends rec[0..n) to the CPU's ring as one batch, then adds
- * one to batch.gen and sets n back to 0. A writer that interrupted another
+ * that fills it sends rec[0..n) to the CPU's ring as one batch, then sets n
+ * back to 0, then adds one to batch.gen. A writer that interrupted another
  * one (a softirq's program interrupting a process-context one; nesting is
  * last-in first-out) uses `nested` and sends it alone to the nested ring.
  *
