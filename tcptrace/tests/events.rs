@@ -726,21 +726,29 @@ fn pin_to(cpu: usize) {
 #[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
 fn sockets_whose_events_move_between_cpus_keep_their_order() {
     // Each CPU's batches go to its own ring.
-    sockets_moving_between_cpus(&[]);
+    sockets_moving_between_cpus(&[], 100);
 }
 
 #[test]
 #[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
 fn sockets_whose_events_move_between_cpus_keep_their_order_in_one_ring() {
     // Both CPUs' batches go to one ring, not in order between the CPUs.
-    sockets_moving_between_cpus(&["--rings", "1"]);
+    sockets_moving_between_cpus(&["--rings", "1"], 100);
+}
+
+#[test]
+#[ignore = "needs root and a BTF kernel: run `cargo xtask test`"]
+fn records_taken_from_stages_every_millisecond_come_out_once_each() {
+    // A drain every millisecond takes records from stages the kernel is
+    // filling and sending at the same time: each record must come out once,
+    // whether taken from its stage or read from its batch.
+    sockets_moving_between_cpus(&["--poll-interval", "1ms"], 300);
 }
 
 /// The client on CPU 0, the server on CPU 1: a loopback segment is
 /// processed on the CPU that sends it, so every socket has events staged on
 /// both CPUs. Every socket's sequence must come out exact.
-fn sockets_moving_between_cpus(extra: &[&str]) {
-    const CONNECTIONS: usize = 100;
+fn sockets_moving_between_cpus(extra: &[&str], connections: usize) {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     assert!(
         cpus >= 2,
@@ -752,14 +760,14 @@ fn sockets_moving_between_cpus(extra: &[&str]) {
     let addr = listener.local_addr().unwrap();
     let server = ns.spawn(move || {
         pin_to(1);
-        for _ in 0..CONNECTIONS {
+        for _ in 0..connections {
             let (mut s, _) = listener.accept().unwrap();
             assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
         }
     });
     let clients = ns.run(move || {
         pin_to(0);
-        (0..CONNECTIONS)
+        (0..connections)
             .map(|_| {
                 let c = TcpStream::connect(addr).unwrap();
                 c.local_addr().unwrap()
@@ -776,7 +784,7 @@ fn sockets_moving_between_cpus(extra: &[&str]) {
     // 2 (a burst may overflow the accept queue: SYN retransmits are not
     // counted).
     let states = events.iter().filter(|e| e["kind"] == "state").count();
-    assert_eq!(states, CONNECTIONS * 10 + 2, "{stderr:?}");
+    assert_eq!(states, connections * 10 + 2, "{stderr:?}");
     let listener = addr.to_string();
     for client in clients.iter().map(ToString::to_string) {
         let est = the(&events, "client ESTABLISHED", |e| {
