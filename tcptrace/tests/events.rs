@@ -775,6 +775,20 @@ fn sockets_moving_between_cpus(extra: &[&str], connections: usize) {
             .collect::<Vec<_>>()
     });
     server.join().unwrap();
+    // Under load a loopback segment can be dropped (a full backlog queue),
+    // and a closing socket then waits for a retransmit: stop only once no
+    // socket of the namespace is still closing (FIN_WAIT1 04, CLOSING 0B,
+    // LAST_ACK 09 in /proc/net/tcp).
+    let closing = || {
+        ns.run(|| std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap())
+            .lines()
+            .skip(1)
+            .any(|l| matches!(l.split_whitespace().nth(3), Some("04" | "0B" | "09")))
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !closing()),
+        "sockets still closing after 10 s"
+    );
     let (out, stderr) = trace.stop();
     let events: Vec<Value> = out
         .lines()
