@@ -358,7 +358,7 @@ static __always_inline struct tcptrace_stage *this_stage(void)
  * the reset; one that sees the old gen with a newer n sees gen moved when
  * it looks again, and drops its copy. (With gen moved first, a reader could
  * see the new gen beside the old n, and take the old records as the new
- * generation's: found by a kernel test that lost a batch.) The BPF
+ * generation's.) The BPF
  * program's stores are plain; x86 keeps stores in program order (this
  * object is built for x86; barrier() keeps the compiler from reordering
  * them).
