@@ -147,11 +147,11 @@ impl Merging {
     fn drain(&mut self, rings: &mut [&mut Ring], until: u64, f: &mut impl FnMut(&[u8])) -> usize {
         self.stages.take();
         let (staged, books) = self.stages.parts();
-        let Some((nested, cpu_rings)) = rings.split_last_mut() else {
+        let (Some((nested, cpu_rings)), Some((nested_cursor, cpu_cursors))) =
+            (rings.split_last_mut(), self.cursors.split_last_mut())
+        else {
             return 0;
         };
-        let (nested_cursor, cpu_cursors) =
-            self.cursors.split_last_mut().expect("a cursor per ring");
         let mut sources: Vec<Source<'_>> = Vec::new();
         match &mut self.sorted {
             Some(sorted) => {
