@@ -10,12 +10,12 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Map, MapData};
+use aya::maps::Map;
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tcptrace_ebpf::names;
 
-use crate::mapping::{Mapping, page_size};
+use crate::mapping::{ArrayMapping, page_size};
 use crate::reader::Sources;
 use crate::ringbuf::Ring;
 use crate::stage::Stages;
@@ -415,40 +415,18 @@ fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
 /// A per-CPU counter array (`lost`, `caught`), mapped read-only into our
 /// memory: reading it needs no syscall and no privilege, so it keeps working
 /// after `--user` drops them.
-struct CpuCounters {
-    /// Keeps the map (and so the mapping's backing) alive.
-    _map: MapData,
-    mapping: Mapping,
-    slots: usize,
-}
+struct CpuCounters(ArrayMapping);
 
 impl CpuCounters {
     fn map(map: Map) -> Result<Self> {
-        let Map::Array(data) = map else {
-            bail!("not an array map")
-        };
-        let slots = data.info().context("counter map info")?.max_entries() as usize;
-        let page = page_size();
-        // A BPF_F_MMAPABLE array's values, from offset 0, page-rounded.
-        let mapping = Mapping::new(
-            data.fd().as_fd(),
-            (slots * 8).div_ceil(page) * page,
-            0,
-            false,
-            "a per-CPU counter",
-        )?;
-        Ok(Self {
-            _map: data,
-            mapping,
-            slots,
-        })
+        ArrayMapping::new(map, 8, "a per-CPU counter").map(Self)
     }
 
     fn sum(&self) -> u64 {
         #[expect(clippy::cast_ptr_alignment, reason = "the mapping is page-aligned")]
-        let values = self.mapping.as_ptr().cast::<u64>();
-        (0..self.slots)
-            // SAFETY: `slots` u64 values lie within the live, page-aligned
+        let values = self.0.mapping.as_ptr().cast::<u64>();
+        (0..self.0.entries)
+            // SAFETY: `entries` u64 values lie within the live, page-aligned
             // mapping; the kernel updates them concurrently, hence the
             // volatile read.
             .map(|i| unsafe { values.add(i).read_volatile() })

@@ -5,7 +5,8 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use aya::maps::{Map, MapData};
 
 /// A shared mapping of part of a map's fd, unmapped on drop.
 pub struct Mapping {
@@ -64,6 +65,42 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the region mapped in `new`.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A `BPF_F_MMAPABLE` array map and a read-only mapping of its values
+/// (from offset 0, `value_size` bytes each, page-rounded), for reading
+/// without a syscall.
+pub struct ArrayMapping {
+    /// Keeps the map, and so the mapping's backing, alive.
+    _map: MapData,
+    pub mapping: Mapping,
+    /// The array's entries.
+    pub entries: usize,
+}
+
+impl ArrayMapping {
+    pub fn new(map: Map, value_size: usize, what: &str) -> Result<Self> {
+        let Map::Array(data) = map else {
+            bail!("{what}: not an array map")
+        };
+        let entries = data
+            .info()
+            .with_context(|| format!("{what}: map info"))?
+            .max_entries() as usize;
+        let page = page_size();
+        let mapping = Mapping::new(
+            data.fd().as_fd(),
+            (entries * value_size).div_ceil(page) * page,
+            0,
+            false,
+            what,
+        )?;
+        Ok(Self {
+            _map: data,
+            mapping,
+            entries,
+        })
     }
 }
 

@@ -11,16 +11,15 @@
 //! after them ([`Books::skip`]).
 
 use std::collections::VecDeque;
-use std::os::fd::AsFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use anyhow::{Context, Result, bail};
-use aya::maps::{Map, MapData};
+use anyhow::Result;
+use aya::maps::Map;
 use tcptrace_ebpf::EVENT_SIZE;
 use tcptrace_ebpf::batch::{MAX, STAGE_GEN, STAGE_N, STAGE_REC, STAGE_SIZE};
 
-use crate::mapping::{Mapping, page_size};
+use crate::mapping::ArrayMapping;
 
 /// One record's bytes, copied out of a stage.
 pub type Record = [u8; EVENT_SIZE];
@@ -35,15 +34,11 @@ pub struct Stages {
 }
 
 enum Backing {
-    Map {
-        _map: MapData,
-        _mapping: Mapping,
-    },
+    /// The map and our mapping of it, kept alive with `base`.
+    Map(#[expect(dead_code, reason = "kept for its Drop")] ArrayMapping),
     /// Plain memory laid out like the map's values (tests).
     #[cfg(test)]
-    Memory {
-        _words: Box<[AtomicU64]>,
-    },
+    Memory { _words: Box<[AtomicU64]> },
 }
 
 // SAFETY: `base` points into the backing, which this value owns; the kernel's
@@ -91,29 +86,11 @@ impl Books {
 impl Stages {
     /// Maps the `stage` array, one value per possible CPU.
     pub fn new(map: Map) -> Result<Self> {
-        let Map::Array(data) = map else {
-            bail!("not an array map")
-        };
-        let cpus = data.info().context("stage map info")?.max_entries() as usize;
-        let page = page_size();
-        // A BPF_F_MMAPABLE array's values, from offset 0, page-rounded.
-        let mapping = Mapping::new(
-            data.fd().as_fd(),
-            (cpus * STAGE_SIZE).div_ceil(page) * page,
-            0,
-            false,
-            "the per-CPU stages",
-        )?;
+        let array = ArrayMapping::new(map, STAGE_SIZE, "the per-CPU stages")?;
+        let cpus = array.entries;
         // SAFETY: a successful mapping is not null.
-        let base = unsafe { NonNull::new_unchecked(mapping.as_ptr()) };
-        Ok(Self::over(
-            Backing::Map {
-                _map: data,
-                _mapping: mapping,
-            },
-            base,
-            cpus,
-        ))
+        let base = unsafe { NonNull::new_unchecked(array.mapping.as_ptr()) };
+        Ok(Self::over(Backing::Map(array), base, cpus))
     }
 
     fn over(backing: Backing, base: NonNull<u8>, cpus: usize) -> Self {

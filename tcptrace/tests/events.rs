@@ -621,33 +621,7 @@ fn sequences_over_rings(rings: usize) {
     let done: Vec<OpenClose> = runs.into_iter().flat_map(|h| h.join().unwrap()).collect();
     let events = trace.stop_json();
     for oc in &done {
-        // Matched by both ends: the kernel may give two clients the same
-        // local port when their listeners differ.
-        let (client, listener) = (oc.client.to_string(), oc.listener.to_string());
-        let est = the(&events, "client ESTABLISHED", |e| {
-            state_is(e, "SYN_SENT", "ESTABLISHED")
-                && e["local"] == client.as_str()
-                && e["remote"] == listener.as_str()
-        });
-        assert_eq!(
-            transitions(&by_sock(&events, &est["sock"])),
-            CLIENT_CLOSES_FIRST
-        );
-        let child = the(&events, "server child", |e| {
-            state_is(e, "LISTEN", "SYN_RECV")
-                && e["remote"] == client.as_str()
-                && e["local"] == listener.as_str()
-        });
-        assert_eq!(
-            transitions(&by_sock(&events, &child["sock"])),
-            SERVER_CLOSES_SECOND
-        );
-        // Merged by time: every socket's events are in timestamp order.
-        let ts: Vec<u64> = by_sock(&events, &est["sock"])
-            .iter()
-            .map(|e| e["ts_ns"].as_u64().unwrap())
-            .collect();
-        assert!(ts.is_sorted(), "{ts:?}");
+        assert_connection(&events, &oc.client.to_string(), &oc.listener.to_string());
     }
     assert_eq!(events.len(), 40 * 12);
 }
@@ -801,20 +775,32 @@ fn sockets_moving_between_cpus(extra: &[&str], connections: usize) {
     assert_eq!(states, connections * 10 + 2, "{stderr:?}");
     let listener = addr.to_string();
     for client in clients.iter().map(ToString::to_string) {
-        let est = the(&events, "client ESTABLISHED", |e| {
-            state_is(e, "SYN_SENT", "ESTABLISHED") && e["local"] == client.as_str()
-        });
-        let client_events = by_sock(&events, &est["sock"]);
-        assert_eq!(transitions(&client_events), CLIENT_CLOSES_FIRST);
-        let child = the(&events, "server child", |e| {
-            state_is(e, "LISTEN", "SYN_RECV")
-                && e["remote"] == client.as_str()
-                && e["local"] == listener.as_str()
-        });
-        assert_eq!(
-            transitions(&by_sock(&events, &child["sock"])),
-            SERVER_CLOSES_SECOND
-        );
+        assert_connection(&events, &client, &listener);
+    }
+}
+
+/// The client at `client` that connected to `listener` and closed first,
+/// and the server's accepted socket: each one's full sequence, in
+/// timestamp order. Matched by both ends: the kernel may give two clients
+/// the same local port when their listeners differ.
+fn assert_connection(events: &[Value], client: &str, listener: &str) {
+    let est = the(events, "client ESTABLISHED", |e| {
+        state_is(e, "SYN_SENT", "ESTABLISHED") && e["local"] == client && e["remote"] == listener
+    });
+    let child = the(events, "server child", |e| {
+        state_is(e, "LISTEN", "SYN_RECV") && e["remote"] == client && e["local"] == listener
+    });
+    for (sock, expected) in [
+        (&est["sock"], CLIENT_CLOSES_FIRST),
+        (&child["sock"], SERVER_CLOSES_SECOND),
+    ] {
+        let sock_events = by_sock(events, sock);
+        assert_eq!(transitions(&sock_events), expected);
+        let ts: Vec<u64> = sock_events
+            .iter()
+            .map(|e| e["ts_ns"].as_u64().unwrap())
+            .collect();
+        assert!(ts.is_sorted(), "merged by time: {ts:?}");
     }
 }
 
