@@ -643,7 +643,7 @@ fn records_staged_on_a_cpu_that_goes_quiet_arrive_once_without_more_events() {
         })
     };
     // One connection: the listener's first event and 10 more, fewer than
-    // a batch (16) even if they all fell on one CPU, so none is sent to a
+    // a batch (32) even if they all fell on one CPU, so none is sent to a
     // ring while the namespace is quiet: only the reader taking them from
     // the stages can show them.
     let mut listener = one(listener);

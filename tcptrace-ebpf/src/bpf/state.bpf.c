@@ -29,19 +29,36 @@ static __always_inline bool in_process_context(int oldstate, int newstate)
  * Returns the ring whose reader is due a wake-up, or -1: the caller wakes it
  * (see catch_inet_sock_set_state for why not here).
  *
- * `tp` is the socket as a tcp_sock (tcp_sock starts with inet_sock, which
- * starts with sock): tp_btf programs get it typed from bpf_skc_to_tcp_sock(),
- * which the verifier needs before it allows reads past struct sock; classic
- * ones cast the address they are given and read through probes.
+ * `sk` is read within struct sock only. Fields past it (the local port in
+ * inet_sock, the RTT in tcp_sock) need the socket typed as a tcp_sock:
+ * tp_btf programs get that from bpf_skc_to_tcp_sock(), which the verifier
+ * requires before it allows such reads, a helper call made only for the
+ * events that read them; classic programs read through probes anyway.
  */
-static __always_inline int emit_state(const struct tcp_sock *tp, __u64 sock_id, __u8 flags,
+static __always_inline const struct tcp_sock *as_tcp_sock(const struct sock *sk, bool direct)
+{
+	return direct ? bpf_skc_to_tcp_sock((struct sock *)sk) : (const struct tcp_sock *)sk;
+}
+
+static __always_inline int emit_state(const struct sock *sk, __u64 sock_id, __u8 flags,
 				      int oldstate, int newstate, bool direct)
 {
-	const struct inet_sock *inet = &tp->inet_conn.icsk_inet;
-	const struct sock_common *skc = &inet->sk.__sk_common;
+	const struct sock_common *skc = &sk->__sk_common;
+	const struct tcp_sock *tp = NULL;
+	const struct inet_sock *inet = NULL;
 	struct tcptrace_event *e;
 
-	if (!family_is_inet(KREAD(direct, skc->skc_family)) || !sock_wanted(skc, inet, direct))
+	if (!family_is_inet(KREAD(direct, skc->skc_family)))
+		return -1;
+	/* inet_sport is read when skc_num is 0 (see event_fill_sock_common)
+	 * or for the port filter; the RTT at ESTABLISHED. */
+	if (filter_nports || !KREAD(direct, skc->skc_num) || newstate == TCP_ESTABLISHED) {
+		tp = as_tcp_sock(sk, direct);
+		if (!tp)
+			return -1;
+		inet = &tp->inet_conn.icsk_inet;
+	}
+	if (!sock_wanted(skc, inet, direct))
 		return -1;
 	e = event_begin(TCPTRACE_STATE);
 	if (!e)
@@ -53,7 +70,7 @@ static __always_inline int emit_state(const struct tcp_sock *tp, __u64 sock_id, 
 	event_fill_sock_common(e, skc, inet, direct);
 	if (in_process_context(oldstate, newstate))
 		event_fill_task(e);
-	if (newstate == TCP_ESTABLISHED) {
+	if (newstate == TCP_ESTABLISHED && tp) {
 		/* First RTT sample and retransmits of the handshake: the child's
 		 * SYN_RECV dwell is ~20 us whatever the handshake took, because the
 		 * child is only created when the final ACK arrives. */
@@ -65,10 +82,10 @@ static __always_inline int emit_state(const struct tcp_sock *tp, __u64 sock_id, 
 
 static __always_inline int state_btf(struct sock *sk, int oldstate, int newstate, __u8 flags)
 {
-	/* NULL for SCTP and MPTCP sockets, for which the tracepoint also fires. */
-	const struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-
-	return tp ? emit_state(tp, sock_cookie(sk), flags, oldstate, newstate, true) : -1;
+	/* The tracepoint fires for SCTP and MPTCP sockets too. */
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return -1;
+	return emit_state(sk, sock_cookie(sk), flags, oldstate, newstate, true);
 }
 
 /*
@@ -162,8 +179,7 @@ int classic_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 
 	if (protocol != IPPROTO_TCP)
 		return 0;
-	wake = emit_state((const struct tcp_sock *)sk, (__u64)sk, TCPTRACE_F_ADDR_ID, oldstate,
-			  newstate, false);
+	wake = emit_state(sk, (__u64)sk, TCPTRACE_F_ADDR_ID, oldstate, newstate, false);
 	if (wake >= 0)
 		ring_wake(wake);
 	return 0;

@@ -75,7 +75,7 @@ struct tcptrace_event {
  * __bpf_ringbuf_reserve, bpf_ringbuf_commit): ~120 ns per record on the
  * benchmark VM. Batched, they are paid once per this many records.
  */
-#define TCPTRACE_BATCH_MAX 16
+#define TCPTRACE_BATCH_MAX 32
 
 /* Every ring record: this header, then `count` records. */
 struct tcptrace_batch {
@@ -108,10 +108,10 @@ struct tcptrace_stage {
 	struct tcptrace_event nested;     /* directly after nested_batch */
 	struct tcptrace_batch batch;
 	struct tcptrace_event rec[TCPTRACE_BATCH_MAX]; /* directly after batch */
-	__u8 pad1[48];                    /* whole cache lines per CPU */
+	__u8 pad1[304];                   /* whole cache lines per CPU */
 };
 
-#define TCPTRACE_STAGE_SIZE 2048
+#define TCPTRACE_STAGE_SIZE 4096
 
 #ifndef __cplusplus
 _Static_assert(sizeof(struct tcptrace_event) == TCPTRACE_EVENT_SIZE,
